@@ -1,0 +1,29 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+# torch, torchaudio and torchvision are released in lockstep: each torchaudio/torchvision build
+# requires one exact torch version, so all three are pinned together (timm needs torchvision).
+INSTALL_REQUIRES = [
+    "torch==2.11.0",
+    "torchaudio==2.11.0",
+    "torchvision==0.26.0",
+    "timm==1.0.31",
+    "numpy>=1.24",
+    "soundfile>=0.12",
+    "tqdm>=4.60",
+]
+
+setup(
+    name="ssast",
+    version="0.1.0",
+    description="Self-supervised pretraining and fine-tuning of the Audio Spectrogram Transformer",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="BSD-3-Clause",
+    python_requires=">=3.10",
+    packages=find_packages(include=["ssast", "ssast.*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": ["pytest>=7"]},
+    entry_points={"console_scripts": ["ssast=ssast.cli:main"]},
+)

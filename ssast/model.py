@@ -1,0 +1,466 @@
+"""``ASTModel``: the SSAST/AST model behind the interface of the SSAST README.
+
+Inside, three pieces: the encoder (:mod:`ssast.encoder`), the masking
+(:mod:`ssast.masking`) and the objectives (:mod:`ssast.objectives`). The forward path is
+written once: patch tokens -> (optional masking) -> encoder -> task head. The joint
+pretraining objective uses one encoder pass over one masked input for both heads.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from . import masking
+from .checkpoint import Checkpoint, CheckpointError, read_checkpoint
+from .config import ModelConfig, canonical_size, size_from_width
+from .encoder import ASTEncoder
+from .objectives import (
+    identified_patches,
+    masked_patch_infonce,
+    masked_patch_mse,
+    patchify,
+    unpatchify,
+)
+from .posembed import resample_pos_embed
+
+FINETUNE_TASKS = ("ft_avgtok", "ft_cls")
+PRETRAIN_TASKS = ("pretrain_mpc", "pretrain_mpg", "pretrain_joint", "visualize_mask")
+
+
+@dataclass
+class MaskVisualization:
+    """What ``task='visualize_mask'`` returns; images are (B, 1, F, T) like the input spectrogram.
+
+    ``identified``: the input with every masked patch set to ``fill`` if the classification
+    head picked it out correctly and to 0 otherwise. ``masked``: the input with every masked
+    patch set to ``fill``. ``mask_index`` (B, M) and ``correct`` (B, M) give the same per patch.
+    Unpacks as ``identified, masked = ...``, like the 2021 code's return value.
+    """
+
+    identified: torch.Tensor
+    masked: torch.Tensor
+    mask_index: torch.Tensor
+    correct: torch.Tensor
+
+    def __iter__(self):
+        return iter((self.identified, self.masked))
+
+
+def _mlp_head(d: int, k: int) -> nn.Sequential:
+    return nn.Sequential(nn.LayerNorm(d), nn.Linear(d, k))
+
+
+def _pred_head(d: int, k: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, k))
+
+
+class ASTModel(nn.Module):
+    """Audio Spectrogram Transformer for masked-patch pretraining and fine-tuning.
+
+    Arguments are those of the SSAST README. ``pretrain_stage=True`` builds the pretraining
+    model (mask token and the two pretraining heads; stride must equal patch shape), from
+    scratch or, with ``load_pretrained_mdl_path``, continuing from a checkpoint.
+    ``pretrain_stage=False`` builds a fine-tuning model (encoder plus ``mlp_head``) whose encoder
+    comes from ``load_pretrained_mdl_path`` (a released or project checkpoint), from AST's
+    supervised initialisations (``imagenet_pretrain``, ``audioset_pretrain``) or from scratch.
+    The positional grid and patch projection are adapted to the requested strides and input
+    size.
+    """
+
+    def __init__(
+        self,
+        label_dim: int = 527,
+        fshape: int = 128,
+        tshape: int = 2,
+        fstride: int = 128,
+        tstride: int = 2,
+        input_fdim: int = 128,
+        input_tdim: int = 1024,
+        model_size: str = "base",
+        pretrain_stage: bool = True,
+        load_pretrained_mdl_path: str | os.PathLike | None = None,
+        *,
+        imagenet_pretrain: bool = False,
+        audioset_pretrain: bool = False,
+        config: ModelConfig | None = None,
+    ):
+        super().__init__()
+        if config is None:
+            config = ModelConfig.from_size(
+                model_size, fshape=fshape, tshape=tshape, fstride=fstride, tstride=tstride,
+                input_fdim=input_fdim, input_tdim=input_tdim, label_dim=label_dim,
+                stage="pretrain" if pretrain_stage else "finetune",
+            )
+            sources = [load_pretrained_mdl_path is not None, imagenet_pretrain, audioset_pretrain]
+            if sum(sources) > 1:
+                raise ValueError("choose one of load_pretrained_mdl_path, imagenet_pretrain and audioset_pretrain")
+            if pretrain_stage and (imagenet_pretrain or audioset_pretrain):
+                raise ValueError("imagenet_pretrain/audioset_pretrain initialise fine-tuning models (pretrain_stage=False)")
+        config.validate()
+        self.config = config
+        self._build()
+
+        if load_pretrained_mdl_path is not None:
+            self.load_from(load_pretrained_mdl_path)
+        elif imagenet_pretrain or audioset_pretrain:
+            from . import pretrained
+
+            if imagenet_pretrain:
+                state, src_grid, path = pretrained.imagenet_encoder_state(model_size, config)
+                self._load_encoder(state, src_grid, source=path)
+            else:
+                self.load_from(pretrained.audioset_checkpoint())
+
+    # ------------------------------------------------------------------ construction
+    def _build(self) -> None:
+        cfg = self.config
+        self.v = ASTEncoder(cfg)
+        if cfg.stage == "pretrain":
+            # Learnable mask token (BEiT style) and the two pretraining heads, both mapping a
+            # token to the fshape*tshape values of its patch.
+            self.mask_embed = nn.Parameter(nn.init.xavier_normal_(torch.zeros(1, 1, cfg.embed_dim)))
+            self.cpredlayer = _pred_head(cfg.embed_dim, cfg.patch_dim)
+            self.gpredlayer = _pred_head(cfg.embed_dim, cfg.patch_dim)
+        else:
+            self.mlp_head = _mlp_head(cfg.embed_dim, cfg.label_dim)
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return self.config.num_prefix_tokens
+
+    @property
+    def stage(self) -> str:
+        return self.config.stage
+
+    def load_from(self, path: str | os.PathLike | Checkpoint, *, keep_head: bool = False) -> None:
+        """Initialise from a checkpoint, adapting its positional grid to this model's.
+
+        A pretraining model takes the encoder, mask token and heads (the file must be a
+        pretraining checkpoint); a fine-tuning model takes the encoder, and with ``keep_head``
+        the file's classification head too (which must then be there and fit).
+        """
+        ckpt = path if isinstance(path, Checkpoint) else read_checkpoint(
+            path, fstride=self.config.fstride, tstride=self.config.tstride, input_fdim=self.config.input_fdim
+        )
+        cfg, src = self.config, ckpt.config
+        if (src.fshape, src.tshape) != (cfg.fshape, cfg.tshape):
+            raise CheckpointError(
+                ckpt.path,
+                f"patch shape mismatch: the checkpoint has {src.fshape}x{src.tshape} patches, the model "
+                f"asks for fshape={cfg.fshape}, tshape={cfg.tshape}",
+            )
+        if (src.embed_dim, src.num_prefix_tokens, src.depth) != (cfg.embed_dim, cfg.num_prefix_tokens, cfg.depth):
+            have = size_from_width(src.embed_dim, src.num_prefix_tokens) or "custom"
+            raise CheckpointError(
+                ckpt.path,
+                f"model size mismatch: the checkpoint holds a {have!r} model (width {src.embed_dim}, "
+                f"{src.depth} blocks, {src.num_prefix_tokens} prefix tokens), the model asks for "
+                f"{cfg.model_size!r} (width {cfg.embed_dim}, {cfg.depth} blocks, {cfg.num_prefix_tokens} prefix tokens)",
+            )
+        if cfg.stage == "pretrain" and ckpt.stage != "pretrain":
+            raise CheckpointError(ckpt.path, "continuing pretraining needs a pretraining checkpoint; this one has no pretraining heads")
+        src_grid = self._source_grid(ckpt)
+        state = dict(ckpt.state)
+        extra = {}
+        if cfg.stage == "pretrain":
+            extra = {k: state.pop(k) for k in list(state) if not k.startswith("v.")}
+        else:
+            head = {k: state.pop(k) for k in list(state) if k.startswith("mlp_head.")}
+            for k in [k for k in state if k.startswith(("mask_embed", "cpredlayer.", "gpredlayer."))]:
+                del state[k]  # pretraining heads: not part of a fine-tuning model
+            if keep_head:
+                extra = head
+        unexpected = [k for k in state if not k.startswith("v.")]
+        if unexpected:
+            raise CheckpointError(ckpt.path, f"unexpected keys: {', '.join(sorted(unexpected))}")
+        self._load_encoder({k[2:]: v for k, v in state.items()}, src_grid, source=ckpt.path)
+        if cfg.stage == "pretrain" or keep_head:
+            self._load_strict(extra, ckpt.path, prefix_filter=lambda k: not k.startswith("v."))
+
+    def _source_grid(self, ckpt: Checkpoint) -> tuple[int, int]:
+        from .checkpoint import infer_grid
+
+        src = ckpt.config
+        pos = ckpt.state.get("v.pos_embed")
+        if pos is None:
+            raise CheckpointError(ckpt.path, "missing keys: v.pos_embed")
+        if ckpt.format == "ssast" or ckpt.pretrain_input is not None:
+            grid = src.grid
+            if pos.shape[1] != src.num_prefix_tokens + grid[0] * grid[1]:
+                raise CheckpointError(ckpt.path, f"v.pos_embed has {pos.shape[1]} positions, but its config describes a {grid[0]}x{grid[1]} grid")
+            return grid
+        return infer_grid(src, pos.shape[1], ckpt.path)
+
+    def _load_encoder(self, state: dict[str, torch.Tensor], src_grid: tuple[int, int], source: str) -> None:
+        state = dict(state)
+        if "pos_embed" in state:
+            state["pos_embed"] = resample_pos_embed(
+                state["pos_embed"].float(), self.num_prefix_tokens, src_grid, self.config.grid
+            )
+        self._load_strict({f"v.{k}": v for k, v in state.items()}, source, prefix_filter=lambda k: k.startswith("v."))
+
+    def _load_strict(self, state: dict[str, torch.Tensor], source, prefix_filter) -> None:
+        own = {k: v for k, v in self.state_dict().items() if prefix_filter(k)}
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        if missing or unexpected:
+            parts = []
+            if missing:
+                parts.append("missing keys: " + ", ".join(missing))
+            if unexpected:
+                parts.append("unexpected keys: " + ", ".join(unexpected))
+            raise CheckpointError(source, "; ".join(parts))
+        bad = [f"{k} {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in state.items() if v.shape != own[k].shape]
+        if bad:
+            raise CheckpointError(source, "shape mismatch: " + "; ".join(bad))
+        self.load_state_dict(state, strict=False)
+
+    # ------------------------------------------------------------------ building blocks
+    def spectrogram(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T frames, F bins) -> (B, 1, F, T), checking the size against the config."""
+        cfg = self.config
+        if x.dim() != 3:
+            raise ValueError(f"expected input of shape (batch, frames, mel bins), got {tuple(x.shape)}")
+        if x.shape[2] != cfg.input_fdim:
+            raise ValueError(f"input has {x.shape[2]} mel bins, the model was built for input_fdim={cfg.input_fdim}")
+        return x.unsqueeze(1).transpose(2, 3)
+
+    def _check_grid(self, spec: torch.Tensor) -> None:
+        from .config import grid_size
+
+        cfg = self.config
+        t = grid_size(spec.shape[-1], cfg.tshape, cfg.tstride)
+        if t != cfg.t_dim:
+            raise ValueError(
+                f"input has {spec.shape[-1]} frames ({t} time patches); the model was built for "
+                f"input_tdim={cfg.input_tdim} ({cfg.t_dim} time patches). Pad or crop the input, or build "
+                "the model with that input_tdim."
+            )
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, F) spectrogram -> (B, P + N, D) encoder outputs, prefix tokens first."""
+        spec = self.spectrogram(x)
+        self._check_grid(spec)
+        return self.v(self.v.patch_embed(spec))
+
+    def pool(self, h: torch.Tensor, task: str) -> torch.Tensor:
+        """Clip-level representation: mean of patch tokens (ft_avgtok) or of prefix tokens (ft_cls)."""
+        p = self.num_prefix_tokens
+        if task == "ft_avgtok":
+            return h[:, p:].mean(dim=1)  # (B, D)
+        return h[:, :p].mean(dim=1)  # (B, D): (cls + dist) / 2, or cls alone
+
+    def make_mask(
+        self,
+        batch: int,
+        mask_patch: int,
+        *,
+        cluster: bool = True,
+        generator: torch.Generator | None = None,
+        device: torch.device | str = "cpu",
+    ) -> torch.Tensor:
+        """(B, M) patch positions to mask: square clusters (cluster=True) or uniform."""
+        if cluster:
+            return masking.cluster_mask(batch, self.config.grid, mask_patch, generator=generator, device=device)
+        return masking.uniform_mask(batch, self.config.num_patches, mask_patch, generator=generator, device=device)
+
+    def _check_mask_index(self, mask_index: torch.Tensor, batch: int, device) -> torch.Tensor:
+        n = self.config.num_patches
+        if mask_index.dim() != 2 or mask_index.shape[0] != batch:
+            raise ValueError(f"mask_index must be (batch={batch}, M), got {tuple(mask_index.shape)}")
+        mask_index = mask_index.to(device=device, dtype=torch.long)
+        if mask_index.numel() and (mask_index.min() < 0 or mask_index.max() >= n):
+            raise ValueError(f"mask_index values must be patch positions in [0, {n})")
+        srt = mask_index.sort(dim=1).values
+        if (srt[:, 1:] == srt[:, :-1]).any():
+            raise ValueError("mask_index has a repeated position in a row; masked positions must be distinct")
+        return mask_index
+
+    def masked_forward(
+        self,
+        x: torch.Tensor,
+        mask_index: torch.Tensor | None = None,
+        *,
+        mask_patch: int = 400,
+        cluster: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One encoder pass over a masked input.
+
+        Returns the encoder outputs at the masked positions (B, M, D), the true values of the
+        masked patches (B, M, fshape*tshape) and the mask (B, M).
+        """
+        if self.stage != "pretrain":
+            raise ValueError("masked pretraining tasks need a pretraining-stage model (pretrain_stage=True)")
+        cfg = self.config
+        spec = self.spectrogram(x)
+        self._check_grid(spec)
+        b = spec.shape[0]
+        if mask_index is None:
+            mask_index = self.make_mask(b, mask_patch, cluster=cluster, generator=generator, device=spec.device)
+        else:
+            mask_index = self._check_mask_index(mask_index, b, spec.device)
+        m = mask_index.shape[1]
+        target = patchify(spec, cfg.fshape, cfg.tshape)  # (B, N, K)
+        target = target.gather(1, mask_index[..., None].expand(-1, -1, target.shape[-1]))  # (B, M, K)
+        tokens = self.v.patch_embed(spec)  # (B, N, D)
+        is_masked = torch.zeros(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        is_masked.scatter_(1, mask_index, True)  # (B, N)
+        tokens = torch.where(is_masked[..., None], self.mask_embed.to(tokens.dtype), tokens)
+        h = self.v(tokens)  # (B, P + N, D)
+        idx = (mask_index + self.num_prefix_tokens)[..., None].expand(-1, -1, h.shape[-1])
+        return h.gather(1, idx), target, mask_index  # (B, M, D), (B, M, K), (B, M)
+
+    # ------------------------------------------------------------------ the facade
+    def forward(
+        self,
+        x: torch.Tensor,
+        task: str | None = None,
+        cluster: bool = True,
+        mask_patch: int = 400,
+        mask_index: torch.Tensor | None = None,
+        *,
+        generator: torch.Generator | None = None,
+    ):
+        """Run ``task`` on a batch of spectrograms ``x`` (batch, frames, mel bins).
+
+        - ``ft_avgtok`` / ``ft_cls``: logits (B, label_dim). ``None`` means the model's default.
+        - ``pretrain_mpc``: (accuracy, InfoNCE loss); ``pretrain_mpg``: MSE;
+          ``pretrain_joint``: (accuracy, InfoNCE, MSE) from one encoder pass;
+          ``visualize_mask``: a :class:`MaskVisualization`.
+
+        Masks: ``mask_index`` (B, M) if given, else ``mask_patch`` positions per clip drawn with
+        ``generator``, in square clusters (``cluster=True``, patch models) or uniformly.
+        """
+        if task is None:
+            task = self.config.default_task if self.stage == "finetune" else "pretrain_joint"
+        if task in FINETUNE_TASKS:
+            if self.stage != "finetune":
+                raise ValueError(
+                    f"task {task!r} needs a fine-tuning model with a classification head; this model is at "
+                    "the pretraining stage (build it with pretrain_stage=False)"
+                )
+            return self.mlp_head(self.pool(self.encode(x), task))
+        if task not in PRETRAIN_TASKS:
+            raise ValueError(f"unknown task {task!r}; expected one of {', '.join(FINETUNE_TASKS + PRETRAIN_TASKS)}")
+
+        h, target, mask_index = self.masked_forward(
+            x, mask_index, mask_patch=mask_patch, cluster=cluster, generator=generator
+        )
+        if task == "pretrain_mpg":
+            return masked_patch_mse(self.gpredlayer(h), target)
+        pred = self.cpredlayer(h)
+        if task == "pretrain_mpc":
+            return masked_patch_infonce(pred, target)
+        if task == "pretrain_joint":
+            acc, nce = masked_patch_infonce(pred, target)
+            return acc, nce, masked_patch_mse(self.gpredlayer(h), target)
+        return self._visualize(x, pred, target, mask_index)
+
+    @torch.no_grad()
+    def _visualize(self, x, pred, target, mask_index, fill: float = 99.0) -> MaskVisualization:
+        cfg = self.config
+        spec = self.spectrogram(x)
+        patches = patchify(spec, cfg.fshape, cfg.tshape)  # (B, N, K)
+        correct = identified_patches(pred, target)  # (B, M)
+        idx = mask_index[..., None].expand(-1, -1, patches.shape[-1])
+        masked = patches.scatter(1, idx, torch.full(idx.shape, fill, dtype=patches.dtype, device=patches.device))
+        marks = (correct.to(patches.dtype) * fill)[..., None].expand(-1, -1, patches.shape[-1])
+        identified = patches.scatter(1, idx, marks)
+        # The grid may not cover the last frames/bins when the size is no multiple of the patch.
+        size = (cfg.f_dim * cfg.fshape, cfg.t_dim * cfg.tshape)
+        return MaskVisualization(
+            unpatchify(identified, size, cfg.fshape, cfg.tshape),
+            unpatchify(masked, size, cfg.fshape, cfg.tshape),
+            mask_index,
+            correct,
+        )
+
+    # ------------------------------------------------------------------ conveniences
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> "ASTModel":
+        return cls(config=config)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.v.set_grad_checkpointing(enable)
+
+
+def build_finetune_config(
+    ckpt: Checkpoint,
+    *,
+    fshape: int | None,
+    tshape: int | None,
+    fstride: int | None,
+    tstride: int | None,
+    input_fdim: int | None,
+    input_tdim: int | None,
+) -> ModelConfig:
+    """Fine-tuning geometry for a whole fine-tuned checkpoint; unset values come from the file."""
+    src = ckpt.config
+    given = dict(fshape=fshape, tshape=tshape, fstride=fstride, tstride=tstride, input_fdim=input_fdim, input_tdim=input_tdim)
+    if ckpt.format == "released":
+        defaults = dict(fshape=16, tshape=16, fstride=10, tstride=10, input_fdim=128, input_tdim=1024)
+    else:
+        defaults = {k: getattr(src, k) for k in given}
+    geo = {k: (v if v is not None else defaults[k]) for k, v in given.items()}
+    if (geo["fshape"], geo["tshape"]) != (src.fshape, src.tshape):
+        raise CheckpointError(
+            ckpt.path,
+            f"patch shape mismatch: the checkpoint has {src.fshape}x{src.tshape} patches, "
+            f"fshape={geo['fshape']}, tshape={geo['tshape']} were asked for",
+        )
+    default_task = src.default_task if ckpt.format == "ssast" else "ft_cls"
+    return src.replace(stage="finetune", default_task=default_task, **geo)
+
+
+def load_finetuned(
+    path: str | os.PathLike,
+    fshape: int | None = None,
+    tshape: int | None = None,
+    fstride: int | None = None,
+    tstride: int | None = None,
+    input_fdim: int | None = None,
+    input_tdim: int | None = None,
+) -> ASTModel:
+    """A ready fine-tuned model from a whole checkpoint, in eval mode.
+
+    Reads the released AST models (``audioset_10_10_0.4593.pth``,
+    ``speechcommands_10_10_0.9812.pth``, ...), SSAST models fine-tuned by the official recipes,
+    and the project's own checkpoints. Model size and label count come from the weights. For
+    released files the geometry defaults to 16x16 patches, stride 10x10, 128 x 1024 input
+    (AST's AudioSet setting); for project files it comes from the file. If the requested input
+    length gives a different time grid than the weights were trained on, the positional
+    embedding is cropped or interpolated along time.
+    Released AST models are called with ``task='ft_cls'``, the default of the returned model.
+    """
+    ckpt = read_checkpoint(path, fstride=fstride or 10, tstride=tstride or 10, input_fdim=input_fdim or 128)
+    if ckpt.stage != "finetune" or not any(k.startswith("mlp_head.") for k in ckpt.state):
+        raise CheckpointError(
+            path, "not a fine-tuned model: it has no classification head 'mlp_head' (a pretraining "
+            "checkpoint is loaded with ASTModel(..., pretrain_stage=False, load_pretrained_mdl_path=...))"
+        )
+    cfg = build_finetune_config(ckpt, fshape=fshape, tshape=tshape, fstride=fstride, tstride=tstride,
+                                input_fdim=input_fdim, input_tdim=input_tdim)
+    cfg.validate()
+    model = ASTModel(config=cfg)
+    model.load_from(ckpt, keep_head=True)
+    model.labels = ckpt.labels
+    model.features = ckpt.features
+    return model.eval()
+
+
+def load_model(path: str | os.PathLike) -> ASTModel:
+    """Any project checkpoint or released file as saved, pretraining or fine-tuning stage."""
+    ckpt = read_checkpoint(path)
+    if ckpt.stage == "finetune":
+        return load_finetuned(path)
+    model = ASTModel(config=ckpt.config)
+    model.load_from(ckpt)
+    model.labels, model.features = ckpt.labels, ckpt.features
+    return model
+
+
+__all__ = ["ASTModel", "MaskVisualization", "load_finetuned", "load_model", "canonical_size"]
