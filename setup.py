@@ -12,6 +12,7 @@ INSTALL_REQUIRES = [
     "numpy>=1.24",
     "soundfile>=0.12",
     "tqdm>=4.60",
+    "webdataset==1.0.2",
 ]
 
 setup(

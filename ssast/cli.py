@@ -88,6 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--input-fdim", type=int)
     g.add_argument("--input-tdim", type=int)
     e.set_defaults(func=_cmd_export)
+
+    # Subcommands contributed by the modules of ssast.commands, in name order.
+    import importlib
+    import pkgutil
+
+    from . import commands
+
+    for mod in sorted(m.name for m in pkgutil.iter_modules(commands.__path__)):
+        importlib.import_module(f"{commands.__name__}.{mod}").register(sub)
     return p
 
 
@@ -97,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (CheckpointError, FileNotFoundError) as e:
+    except (CheckpointError, FileNotFoundError, ValueError) as e:
         print(f"ssast {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -81,3 +81,20 @@ def test_ast_model_via_constructor(fixtures, fixture_index):
     model.mlp_head.load_state_dict({k.removeprefix("module.mlp_head."): v for k, v in sd.items() if "mlp_head" in k})
     with torch.no_grad():
         assert rel_err(model(io["x"], "ft_cls"), io["logits"]) < TOL
+
+
+def test_frequency_crop_where_the_official_code_breaks(fixtures):
+    """Fine-tuning on fewer mel bins than pretraining crops the frequency axis of the grid.
+
+    The official code ends that crop at start + t_dim and then fails to reshape; the evident
+    intent, a centred crop of f_dim rows, is what happens here.
+    """
+    src = fixtures / "ssast_tiny_patch_pretrain_t1024.pth"
+    model = ASTModel(label_dim=3, fshape=16, tshape=16, fstride=16, tstride=16, input_fdim=64, input_tdim=512,
+                     model_size="tiny", pretrain_stage=False, load_pretrained_mdl_path=src)
+    pos = load_pt(src)["module.v.pos_embed"]
+    grid = pos[0, 2:].reshape(8, 64, -1)  # pretraining grid: 8 frequency x 64 time patches
+    expect = grid[2:6, 16:48].reshape(4 * 32, -1)  # centre 4 rows, centre 32 columns
+    assert torch.equal(model.v.pos_embed[0, 2:].detach(), expect)
+    assert torch.equal(model.v.pos_embed[0, :2].detach(), pos[0, :2])
+    assert model(torch.randn(1, 512, 64), "ft_avgtok").shape == (1, 3)
