@@ -25,6 +25,9 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["ssast", "ssast.*"]),
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={
+        "hf": ["transformers==5.23.0"],
+        "test": ["pytest>=7", "transformers==5.23.0"],
+    },
     entry_points={"console_scripts": ["ssast=ssast.cli:main"]},
 )

@@ -55,7 +55,11 @@ def _cmd_export(args) -> int:
     else:
         model = ASTModel(config=ckpt.config)
         model.load_from(ckpt)
-    if args.format == "released":
+    if args.format == "hf":
+        from .hf import export_hf
+
+        export_hf(model, args.out, labels=ckpt.labels, features=ckpt.features)
+    elif args.format == "released":
         save_released(model, args.out)
     else:
         save_checkpoint(model, args.out, features=ckpt.features, labels=ckpt.labels, meta=ckpt.meta)
@@ -78,10 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("checkpoint")
     i.set_defaults(func=_cmd_info)
 
-    e = sub.add_parser("export", help="write a checkpoint in the released 2021 format or the project format")
+    e = sub.add_parser("export", help="write a checkpoint in the released 2021 format, the project format, "
+                       "or as a Hugging Face transformers model folder")
     e.add_argument("checkpoint")
-    e.add_argument("--format", choices=("released", "ssast"), required=True)
-    e.add_argument("--out", required=True)
+    e.add_argument("--format", choices=("released", "ssast", "hf"), required=True)
+    e.add_argument("--out", required=True, help="output file (a folder for --format hf)")
     g = e.add_argument_group("geometry of released fine-tuned files (not stored in them)")
     g.add_argument("--fstride", type=int)
     g.add_argument("--tstride", type=int)

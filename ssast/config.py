@@ -74,6 +74,7 @@ class ModelConfig:
     num_heads: int = 12
     num_prefix_tokens: int = 2
     mlp_ratio: float = 4.0
+    norm_eps: float = 1e-6  # LayerNorm epsilon of the encoder (DeiT's)
     fshape: int = 16
     tshape: int = 16
     fstride: int = 16
