@@ -1,0 +1,268 @@
+"""Clip datasets: waveforms of a fixed length and multi-hot label targets.
+
+Items are mono float32 waveforms at the model's sample rate (16 kHz by default), cropped or
+zero-padded to ``num_samples``; log-mel features are computed later, a batch at a time, on the
+training device (:mod:`ssast.features`). A labeled source gives a multi-hot ``target`` over its
+label vocabulary; an unlabeled one (pretraining) gives none and needs no label file.
+
+:class:`AudioDataset` reads any form :func:`ssast.sources.read_source` accepts, validates it on
+construction and reports bad entries up front; a clip that becomes unreadable later is skipped,
+counted in a :class:`SkipCounter` and reported, and the epoch goes on.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+from pathlib import Path
+
+import torch
+
+from .audio import DEFAULT_SAMPLE_RATE, AudioError, load_audio
+from .sources import Source, SourceError, read_source
+from .sources import validate as validate_source
+
+log = logging.getLogger(__name__)
+
+# Kaldi fbank framing of the official recipes: 25 ms windows every 10 ms.
+FRAME_LENGTH_MS = 25.0
+FRAME_SHIFT_MS = 10.0
+
+
+def frames_to_samples(frames: int, sample_rate: int = DEFAULT_SAMPLE_RATE,
+                      frame_length_ms: float = FRAME_LENGTH_MS, frame_shift_ms: float = FRAME_SHIFT_MS) -> int:
+    """Fewest samples that give ``frames`` fbank frames: (T - 1) * shift + length.
+
+    1024 frames at 16 kHz -> 1023 * 160 + 400 = 164080 samples (10.255 s).
+    """
+    shift = int(sample_rate * frame_shift_ms / 1000)
+    length = int(sample_rate * frame_length_ms / 1000)
+    return (frames - 1) * shift + length
+
+
+def crop_or_pad(wave: torch.Tensor, num_samples: int, train: bool = False,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """(samples,) -> (num_samples,): a random window (train) or the beginning (eval) of a longer
+    clip; a shorter one zero-padded at the end, as the official recipes pad their fbank."""
+    n = wave.shape[-1]
+    if n > num_samples:
+        start = int(torch.randint(0, n - num_samples + 1, (1,), generator=generator)) if train else 0
+        return wave[..., start:start + num_samples]
+    if n < num_samples:
+        return torch.nn.functional.pad(wave, (0, num_samples - n))
+    return wave
+
+
+def multi_hot(labels, index: dict[str, int]) -> torch.Tensor:
+    """Label ids -> float (len(index),) vector with ones at their indices; KeyError on an unknown one."""
+    target = torch.zeros(len(index))
+    idx = [index[lab] for lab in labels]
+    if idx:
+        target[idx] = 1.0
+    return target
+
+
+def collate(samples: list[dict]) -> dict:
+    """Stack per-clip dicts into a batch.
+
+    ``wave`` -> (B, N), clips of different lengths zero-padded to the longest; ``length`` -> (B,)
+    samples of real audio in each row (a clip's own ``length`` if it was padded before), to pass
+    as ``lengths=`` to the feature extractor so that padded clips get the recipes' features;
+    ``target`` -> (B, C) where every clip has one; any other key -> a list.
+    """
+    if not samples:
+        raise ValueError("collate: empty batch")
+    waves = [s["wave"] for s in samples]
+    lengths = torch.tensor([int(s.get("length", w.shape[-1])) for s, w in zip(samples, waves)])
+    longest = max(w.shape[-1] for w in waves)
+    if all(w.shape[-1] == longest for w in waves):
+        wave = torch.stack(waves)  # (B, N)
+    else:
+        wave = torch.stack([torch.nn.functional.pad(w, (0, longest - w.shape[-1])) for w in waves])
+    batch = {"wave": wave, "length": lengths}
+    with_target = sum("target" in s for s in samples)
+    if with_target not in (0, len(samples)):
+        raise ValueError(f"collate: {with_target} of {len(samples)} clips have a target; mix labeled and "
+                         "unlabeled clips only without targets")
+    if with_target:
+        batch["target"] = torch.stack([s["target"] for s in samples])  # (B, C)
+    for key in samples[0]:
+        if key not in batch and key != "wave":
+            batch[key] = [s.get(key) for s in samples]
+    return batch
+
+
+class SkipCounter:
+    """Clips skipped while reading, by reason, summed over DataLoader worker processes.
+
+    Reasons: ``tar`` (a shard missing or unreadable, truncated, or with a bad member: counted per
+    error), ``sample`` (a shard sample without audio or with bad JSON), ``audio`` (a file or
+    member that does not decode), ``label`` (a label outside the vocabulary). The counts live in shared memory created with the object, so workers started from it (by
+    fork or spawn) add to the same totals the training process reads. Each skip is logged in
+    full for the first ``log_first`` of them, then once every ``log_every``; ``max_consecutive``
+    skips in a row with nothing read between them raise, since then nothing usable is left.
+    """
+
+    REASONS = ("tar", "sample", "audio", "label")
+
+    def __init__(self, name: str = "data", log_first: int = 10, log_every: int = 100,
+                 max_consecutive: int = 1000):
+        self.name = name
+        self.log_first, self.log_every, self.max_consecutive = log_first, log_every, max_consecutive
+        # A spawn-context lock also works in forked workers; a fork-context one cannot go to spawned ones.
+        self._counts = multiprocessing.get_context("spawn").Array("q", len(self.REASONS))
+        self.recent: list[tuple[str, str]] = []  # (reason, message), this process only
+        self._consecutive = 0
+
+    def skip(self, reason: str, message: str) -> None:
+        """Count one skipped clip (or tar error) and log it."""
+        i = self.REASONS.index(reason)
+        with self._counts.get_lock():
+            self._counts[i] += 1
+            total = sum(self._counts)
+        self.recent = (self.recent + [(reason, message)])[-20:]
+        if total <= self.log_first or total % self.log_every == 0:
+            log.warning("%s: skipped %s (%s); %s so far", self.name, message, reason, self.describe())
+        self._consecutive += 1
+        if self._consecutive >= self.max_consecutive:
+            raise RuntimeError(f"{self.name}: {self._consecutive} items in a row could not be read "
+                               f"(last: {message}); {self.describe()}")
+
+    def ok(self) -> None:
+        """Note a clip read successfully."""
+        self._consecutive = 0
+
+    def handler(self, exn: BaseException) -> bool:
+        """A webdataset exception handler: count a tar-level error, log it, and go on.
+
+        webdataset's own ``warn_and_continue`` sleeps half a second per error; this one doesn't.
+        """
+        url = next((a for a in reversed(exn.args) if isinstance(a, str) and a != str(exn.args[0])), None)
+        text = str(exn.args[0]) if exn.args else ""
+        if isinstance(exn, OSError) and exn.strerror:
+            text = exn.strerror
+        self.skip("tar", f"{url + ': ' if url else ''}{type(exn).__name__}: {text}")
+        return True
+
+    def counts(self) -> dict[str, int]:
+        with self._counts.get_lock():
+            return dict(zip(self.REASONS, self._counts[:]))
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts().values())
+
+    def describe(self) -> str:
+        counts = self.counts()
+        parts = [f"{n} {reason}" for reason, n in counts.items() if n]
+        return f"{sum(counts.values())} skipped" + (f" ({', '.join(parts)})" if parts else "")
+
+    def report(self) -> None:
+        """Log the totals (call at the end of an epoch or run)."""
+        if self.total:
+            log.warning("%s: %s", self.name, self.describe())
+
+
+class AudioDataset(torch.utils.data.Dataset):
+    """Fixed-length waveforms (and multi-hot targets) from a datafile, CSV or folder.
+
+    Args:
+        source_or_path: a :class:`ssast.sources.Source`, or a JSON datafile, CSV or folder
+            (per class, or of unlabeled audio) read with :func:`ssast.sources.read_source`.
+        sample_rate: rate of the waveforms returned (files are resampled to it).
+        num_samples: length of every waveform; None keeps each clip's own length.
+        label_csv: the official label CSV (``index,mid,display_name``) for a JSON datafile or CSV.
+        train: random crop of longer clips (train) or their beginning (eval).
+        validate: check every entry now (missing files, unknown labels, unreadable audio headers)
+            and drop the bad ones with a logged list; ``strict=True`` raises instead.
+        check_audio: with ``validate``, also read each file's header.
+        seed: crops drawn from (seed, epoch, index), independent of the worker layout; None draws
+            from torch's global generator (seeded per worker by the DataLoader).
+        labeled: force a folder to be read as per-class (True) or unlabeled (False).
+        skipped: a :class:`SkipCounter` to count clips unreadable at load time (one is made if None).
+
+    Items are dicts: ``wave`` (num_samples,) float32, ``length`` int (samples of real audio
+    before zero padding), ``target`` (num_labels,) float (labeled sources only), ``path`` str.
+    """
+
+    def __init__(self, source_or_path: Source | str | os.PathLike, sample_rate: int = DEFAULT_SAMPLE_RATE,
+                 num_samples: int | None = None, label_csv: str | os.PathLike | None = None, train: bool = True,
+                 validate: bool = True, check_audio: bool = True, strict: bool = False, seed: int | None = None,
+                 labeled: bool | None = None, skipped: SkipCounter | None = None, max_retries: int = 10):
+        if isinstance(source_or_path, Source):
+            self.source = source_or_path
+        else:
+            self.source = read_source(source_or_path, label_csv=label_csv, labeled=labeled)
+        self.sample_rate, self.num_samples, self.train = sample_rate, num_samples, train
+        self.seed, self.epoch, self.max_retries = seed, 0, max_retries
+        self.skipped = skipped or SkipCounter(name=Path(self.source.name).name)
+        self.report = None
+        items = list(self.source.items)
+        if validate:
+            self.report = validate_source(self.source, check_audio=check_audio)
+            if self.report.bad:
+                if strict:
+                    raise SourceError(self.source.name, "bad entries:\n" + self.report.summary())
+                log.warning("%s: skipping bad entries: %s", self.source.name, self.report.summary())
+            items = self.report.good
+        if not items:
+            raise SourceError(self.source.name, "no usable clips" +
+                              (":\n" + self.report.summary() if self.report and self.report.bad else ""))
+        self.items = items
+        self._index = self.source.label_index()
+
+    @property
+    def labels(self) -> list[str] | None:
+        return self.source.labels
+
+    @property
+    def display_names(self) -> list[str] | None:
+        return self.source.display_names
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.source.labels or [])
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw this epoch's crops (with a seed, crops depend on (seed, epoch, index))."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _generator(self, index: int) -> torch.Generator | None:
+        if self.seed is None:
+            return None
+        g = torch.Generator()
+        g.manual_seed(hash((self.seed, self.epoch, index)) & 0x7FFF_FFFF_FFFF_FFFF)
+        return g
+
+    def _load(self, index: int) -> dict:
+        item = self.items[index]
+        wave = load_audio(item.path, self.sample_rate)
+        length = wave.shape[-1]
+        if self.num_samples is not None:
+            length = min(length, self.num_samples)
+            wave = crop_or_pad(wave, self.num_samples, self.train, self._generator(index))
+        out = {"wave": wave, "length": length, "path": item.path}
+        if self.source.labeled:
+            out["target"] = multi_hot(item.labels, self._index)
+        return out
+
+    def __getitem__(self, index: int) -> dict:
+        # A clip that can no longer be read (deleted, corrupt) is replaced by the next one, so a
+        # long run does not die on one file; the skip is counted and logged.
+        for attempt in range(self.max_retries + 1):
+            j = (index + attempt) % len(self.items)
+            try:
+                item = self._load(j)
+            except AudioError as e:
+                self.skipped.skip("audio", str(e))
+                continue
+            except KeyError as e:
+                self.skipped.skip("label", f"{self.items[j].path}: unknown label {e.args[0]}")
+                continue
+            self.skipped.ok()
+            return item
+        raise RuntimeError(f"{self.source.name}: {self.max_retries + 1} clips in a row from index {index} "
+                           f"could not be read; {self.skipped.describe()}")
