@@ -10,7 +10,9 @@ to ``--workdir``) with the same DataLoader worker count and batch size, and deli
   it, as the official dataloader does;
 - ``shards``: :func:`ssast.shards.shard_pipeline` over FLAC shards of the same clips (workers
   decode, crop or pad waveforms and batch them); the training process computes each batch's
-  features at once with :class:`ssast.features.FeatureExtractor` on ``--device``.
+  features at once with :class:`ssast.features.FeatureExtractor` on ``--device`` (the GPU set-up);
+- ``shards, features in workers``: the same, with each batch's features computed at once inside
+  the worker (the CPU set-up, where the training process has no spare cores).
 
     python benchmarks/data_loading.py                              # 200 clips of 10 s, 2 workers
     python benchmarks/data_loading.py --clips 400 --workers 8 --batch 32 --json out.json
@@ -105,6 +107,34 @@ def run_shards(pattern: str, workers: int, batch: int, frames: int, device: str)
     return n, time.perf_counter() - t0
 
 
+class FeaturesInWorkers(torch.utils.data.IterableDataset):
+    """The shard pipeline with each batch's features computed at once inside the DataLoader worker."""
+
+    def __init__(self, pipe, extractor: FeatureExtractor):
+        self.pipe, self.extractor = pipe, extractor
+
+    def __iter__(self):
+        if torch.utils.data.get_worker_info() is not None:
+            torch.set_num_threads(1)  # one thread per worker, as the 2021 loader's workers have
+        for b in self.pipe:
+            yield self.extractor(b["wave"], lengths=b["length"])
+
+
+def run_shards_worker_features(pattern: str, workers: int, batch: int, frames: int, device: str) -> tuple[int, float]:
+    extractor = FeatureExtractor(FeatureConfig(target_length=frames))
+    pipe = shard_pipeline(pattern, num_samples=frames_to_samples(frames), batch_size=batch, train=True,
+                          shuffle_buffer=100, drop_last=False, seed=0)
+    loader = torch.utils.data.DataLoader(FeaturesInWorkers(pipe, extractor), batch_size=None, num_workers=workers,
+                                         pin_memory=device.startswith("cuda"))
+    n = 0
+    t0 = time.perf_counter()
+    for x in loader:
+        x = x.to(device, non_blocking=True)  # (B, frames, 128)
+        n += x.shape[0]
+    sync(device)
+    return n, time.perf_counter() - t0
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--clips", type=int, default=200)
@@ -142,15 +172,19 @@ def main() -> None:
           f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs, torch {torch.__version__}")
 
     results = {}
-    for name, fn, src in (("2021 style", run_2021, datafile), ("shards", run_shards, pattern)):
+    runs = (("2021 style", run_2021, datafile), ("shards", run_shards, pattern),
+            ("shards, features in workers", run_shards_worker_features, pattern))
+    for name, fn, src in runs:
         best = None
         for _ in range(args.repeats):
             n, secs = fn(src, args.workers, args.batch, args.frames, args.device)
             best = secs if best is None else min(best, secs)
         results[name] = {"clips": n, "seconds": best, "clips_per_second": n / best}
-        print(f"  {name:10s} {n:6d} clips  {best:7.2f} s  {n / best:8.1f} clips/s", flush=True)
-    speedup = results["shards"]["clips_per_second"] / results["2021 style"]["clips_per_second"]
-    print(f"  shards / 2021 style: {speedup:.2f}x")
+        print(f"  {name:28s} {n:6d} clips  {best:7.2f} s  {n / best:8.1f} clips/s", flush=True)
+    base = results["2021 style"]["clips_per_second"]
+    speedup = {name: r["clips_per_second"] / base for name, r in results.items() if name != "2021 style"}
+    for name, x in speedup.items():
+        print(f"  {name} / 2021 style: {x:.2f}x")
     if args.json:
         info = {"device": torch.cuda.get_device_name() if args.device.startswith("cuda") else
                 platform.processor() or platform.machine(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(),

@@ -3,10 +3,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-# System tools for the built-in speech data and audio tests: espeak-ng (speech), sox (sound).
-if ! command -v espeak-ng >/dev/null 2>&1 || ! command -v sox >/dev/null 2>&1; then
+# System tools: espeak-ng (built-in speech data), sox (resampling, test sounds), zip (FSD50K parts).
+if ! command -v espeak-ng >/dev/null 2>&1 || ! command -v sox >/dev/null 2>&1 || ! command -v zip >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng sox >/dev/null
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng sox zip >/dev/null
   else
     echo "note: install espeak-ng and sox (e.g. sudo apt-get install espeak-ng sox) for the built-in speech data" >&2
   fi
