@@ -13,7 +13,14 @@ INSTALL_REQUIRES = [
     "soundfile>=0.12",
     "tqdm>=4.60",
     "webdataset==1.0.2",
+    "tensorboard>=2.14",
 ]
+
+# DeepSpeed builds against the installed torch: install it after the rest, without build
+# isolation (which would fetch a second torch), e.g.
+#   DS_BUILD_OPS=0 pip install --no-build-isolation "deepspeed==0.19.8"
+# scripts/setup.sh does this.
+DEEPSPEED = "deepspeed==0.19.8"
 
 setup(
     name="ssast",
@@ -27,6 +34,7 @@ setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={
         "hf": ["transformers==5.23.0"],
+        "train": [DEEPSPEED],
         "test": ["pytest>=7", "transformers==5.23.0"],
     },
     entry_points={"console_scripts": ["ssast=ssast.cli:main"]},
