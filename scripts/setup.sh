@@ -22,3 +22,6 @@ if ! .venv/bin/python -c "import deepspeed" >/dev/null 2>&1; then
   DS_BUILD_OPS=0 .venv/bin/python -m pip install -q --no-build-isolation "deepspeed==0.19.8"
 fi
 .venv/bin/python -c "import ssast, torch, torchaudio, torchvision, timm, deepspeed; print(f'ssast {ssast.__version__}: torch {torch.__version__}, torchaudio {torchaudio.__version__}, torchvision {torchvision.__version__}, timm {timm.__version__}, deepspeed {deepspeed.__version__}')" 2>&1 | grep -v "real_accelerator"
+# The reference implementations the tests compare against: s3prl 0.4.18, and timm 0.4.5 in
+# .reference/ (outside the venv) for s3prl's own ssast upstream.
+bash scripts/install_reference.sh

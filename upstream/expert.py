@@ -1,0 +1,200 @@
+"""s3prl (SUPERB) upstream expert for SSAST models: the hidden states of every encoder block.
+
+The conventions are those of s3prl's own ssast upstream (s3prl 0.4.18), so that SUPERB numbers
+stay comparable with it:
+
+- the input is 16 kHz audio, cut into non-overlapping windows of ``window_secs`` (the batch is
+  zero-padded to a whole number of windows);
+- each window becomes 128-bin Kaldi fbank, normalized with AudioSet's statistics as
+  ``(x + 4.2677393) / (2 * 4.5689974)`` and zero-padded or cropped to
+  ``int(window_secs * 100)`` frames, the padding added after normalization;
+- the model is the fine-tuning-stage encoder built from the pretrained checkpoint for that input
+  length, with s3prl's strides: 10x10 for 16x16 patch models, and frequency stride 128 with
+  time stride 1 for 128x2 frame models;
+- ``hidden_states`` holds one tensor per block, that block's output before the final norm, with
+  the prefix tokens dropped and the frequency patches of one time step concatenated along the
+  feature axis: (batch, time steps, f_dim * D); the windows follow each other in time, and the
+  result is trimmed to ``len(range(0, longest clip, downsample rate))`` steps;
+- the downsample rate is ``160 * tstride`` samples (one time step per 10 ms fbank frame times
+  the time stride).
+
+Features differ from the fine-tuning recipes in two ways, both s3prl's: the recipes remove the
+clip's mean before the fbank, and pad the fbank before normalizing it (so that padded frames hold
+``-mean / (2 * std)``, not 0). The first makes no difference in exact arithmetic, because Kaldi
+removes each frame's own mean before its FFT; :func:`ssast.features.fbank` removes the window's
+mean and agrees with torchaudio's fbank of the raw window to float32 rounding. The second is
+kept: padded frames are 0 here.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ssast import ASTModel, CheckpointError, read_checkpoint
+from ssast.features import AUDIOSET_MEAN, AUDIOSET_STD, fbank, frame_geometry, pad_or_crop
+
+SAMPLE_RATE = 16000
+FBANK_HOP = 160  # samples between fbank frames: 10 ms at 16 kHz
+DEFAULT_WINDOW_SECS = 1.0
+# s3prl's strides for the released patch shape; frame models use (fshape, 1).
+PATCH_STRIDES = {(16, 16): (10, 10)}
+
+
+def model_type(fshape: int, input_fdim: int) -> str:
+    """``"frame"`` for patches that span all mel bins, ``"patch"`` otherwise."""
+    return "frame" if fshape == input_fdim else "patch"
+
+
+def s3prl_strides(fshape: int, tshape: int, input_fdim: int, path: str | None = None) -> tuple[int, int]:
+    """(fstride, tstride) that s3prl's ssast upstream uses for a patch shape."""
+    if model_type(fshape, input_fdim) == "frame":
+        return fshape, 1
+    if (fshape, tshape) in PATCH_STRIDES:
+        return PATCH_STRIDES[(fshape, tshape)]
+    raise CheckpointError(
+        path, f"s3prl defines strides for 16x16 patch and 128x2 frame models only; this model has "
+        f"{fshape}x{tshape} patches: pass fstride= and tstride= explicitly"
+    )
+
+
+def read_model_config(model_config: str | os.PathLike | None) -> dict:
+    """Settings from s3prl's ``-g/--upstream_model_config`` file: a YAML mapping, e.g. ``window_secs: 6``."""
+    if model_config is None:
+        return {}
+    path = Path(model_config)
+    if not path.is_file():
+        raise FileNotFoundError(f"{model_config}: upstream model config file not found")
+    import yaml
+
+    try:
+        conf = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{model_config}: not a YAML file ({e})") from None
+    known = {"window_secs", "fstride", "tstride"}
+    if not isinstance(conf, dict) or set(conf) - known:
+        extra = sorted(set(conf) - known) if isinstance(conf, dict) else conf
+        raise ValueError(f"{model_config}: expected a mapping with keys among {sorted(known)}, got {extra!r}")
+    return conf
+
+
+class UpstreamExpert(nn.Module):
+    """An SSAST checkpoint as an s3prl upstream; see the module docstring for the conventions.
+
+    ``ckpt``: a pretraining or fine-tuned checkpoint, released or project format; patch or frame
+    model and size are read from it. ``model_config``: optional YAML file (s3prl's ``-g``) that
+    may set ``window_secs``, ``fstride``, ``tstride``; arguments given here take precedence.
+    ``expect``: ``"patch"`` or ``"frame"`` to refuse a checkpoint of the other kind.
+    ``refresh`` is accepted, and unused, because s3prl's runner passes it to every upstream.
+    """
+
+    def __init__(
+        self,
+        ckpt: str | os.PathLike,
+        model_config: str | os.PathLike | None = None,
+        window_secs: float | None = None,
+        *,
+        fstride: int | None = None,
+        tstride: int | None = None,
+        expect: str | None = None,
+        refresh: bool = False,
+    ):
+        super().__init__()
+        conf = read_model_config(model_config)
+        window_secs = float(window_secs if window_secs is not None else conf.get("window_secs", DEFAULT_WINDOW_SECS))
+        fstride = fstride if fstride is not None else conf.get("fstride")
+        tstride = tstride if tstride is not None else conf.get("tstride")
+
+        if ckpt is None:
+            raise ValueError("no checkpoint given: pass ckpt= (s3prl: -k /path/to/checkpoint.pth)")
+        checkpoint = read_checkpoint(ckpt)
+        src = checkpoint.config
+        kind = model_type(src.fshape, src.input_fdim)
+        if expect is not None and kind != expect:
+            raise CheckpointError(
+                ckpt, f"expected an SSAST {expect} model, but the checkpoint holds a {kind} model "
+                f"({src.fshape}x{src.tshape} patches)"
+            )
+        if fstride is None or tstride is None:
+            default = s3prl_strides(src.fshape, src.tshape, src.input_fdim, str(ckpt))
+            fstride = default[0] if fstride is None else fstride
+            tstride = default[1] if tstride is None else tstride
+
+        # The same expressions as s3prl, so that the sizes round alike for any window_secs.
+        self.window_samples = int(window_secs * SAMPLE_RATE)
+        target_length = int(window_secs * SAMPLE_RATE / FBANK_HOP)
+        frame_size, _, _ = frame_geometry(SAMPLE_RATE)
+        if self.window_samples < frame_size or target_length < src.tshape:
+            raise ValueError(
+                f"window_secs={window_secs} is too short: a window must hold at least {src.tshape} fbank "
+                f"frames ({src.tshape * FBANK_HOP / SAMPLE_RATE:g} s) for {src.fshape}x{src.tshape} patches"
+            )
+        if checkpoint.format == "released" and checkpoint.pretrain_input is None:
+            # A released fine-tuned file does not record its strides; its positional grid is read
+            # with the strides asked for here.
+            checkpoint.config = src.replace(fstride=fstride, tstride=tstride)
+        cfg = src.replace(stage="finetune", fstride=fstride, tstride=tstride, input_tdim=target_length)
+        cfg.validate()
+        self.model = ASTModel(config=cfg)
+        self.model.load_from(checkpoint)
+
+        self.window_secs = window_secs
+        self.model_type = kind
+        self.target_length = target_length
+        self.num_mel_bins = cfg.input_fdim
+        self.tstride = tstride
+
+    def get_downsample_rates(self, key: str | None = None) -> int:
+        """Samples of 16 kHz audio per time step of every hidden state."""
+        return FBANK_HOP * self.tstride
+
+    def features(self, windows: torch.Tensor) -> torch.Tensor:
+        """(N, window samples) -> (N, target_length, mel bins) model input, s3prl's normalization."""
+        x = fbank(windows, SAMPLE_RATE, self.num_mel_bins)  # (N, frames, M)
+        x = (x - AUDIOSET_MEAN) / (2 * AUDIOSET_STD)
+        return pad_or_crop(x, self.target_length, value=0.0)  # (N, target_length, M)
+
+    def block_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Model input (N, T, F) -> every block's output (N, P + f*t, D), before the final norm."""
+        outs: list[torch.Tensor] = []
+        hooks = [blk.register_forward_hook(lambda _m, _i, out: outs.append(out)) for blk in self.model.v.blocks]
+        try:
+            self.model.encode(x)
+        finally:
+            for h in hooks:
+                h.remove()
+        return outs
+
+    def forward(self, wavs: list[torch.Tensor]) -> dict[str, list[torch.Tensor]]:
+        """A list of 1-D 16 kHz waveforms -> ``{"hidden_states": [(B, steps, f_dim * D)] * depth}``."""
+        if not len(wavs):
+            raise ValueError("no waveforms given")
+        if any(w.dim() != 1 for w in wavs):
+            raise ValueError("expected a list of 1-D waveforms (samples,)")
+        win = self.window_samples
+        max_len = max(len(w) for w in wavs)
+        if max_len == 0:
+            raise ValueError("all waveforms are empty")
+        n_win = len(range(0, max_len, win))
+        batch = torch.nn.utils.rnn.pad_sequence([w.float() for w in wavs], batch_first=True)  # (B, S)
+        batch = F.pad(batch, (0, n_win * win - max_len))  # (B, n_win * win)
+        b = batch.shape[0]
+        x = self.features(batch.reshape(b * n_win, win))  # (B * n_win, T, M): all windows at once
+
+        cfg = self.model.config
+        p, f_dim, t_dim = cfg.num_prefix_tokens, cfg.f_dim, cfg.t_dim
+        steps = len(range(0, max_len, self.get_downsample_rates()))
+        hidden = []
+        for h in self.block_outputs(x):
+            h = h[:, p:].reshape(b * n_win, f_dim, t_dim, -1)  # (B * n_win, f, t, D): frequency-major tokens
+            h = h.transpose(1, 2).flatten(2)  # (B * n_win, t, f * D)
+            h = h.reshape(b, n_win * t_dim, -1)  # (B, n_win * t, f * D): windows in time order
+            hidden.append(h[:, :steps].float())
+        return {"hidden_states": hidden}
+
+    def extra_repr(self) -> str:
+        return (f"model_type={self.model_type!r}, window_secs={self.window_secs}, "
+                f"downsample_rate={self.get_downsample_rates()}")
