@@ -34,8 +34,9 @@ setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={
         "hf": ["transformers==5.23.0"],
+        "plots": ["matplotlib==3.11.2"],
         "train": [DEEPSPEED],
-        "test": ["pytest>=7", "transformers==5.23.0"],
+        "test": ["pytest>=7", "transformers==5.23.0", "matplotlib==3.11.2"],
     },
     entry_points={"console_scripts": ["ssast=ssast.cli:main"]},
 )

@@ -447,8 +447,7 @@ def load_finetuned(
     cfg.validate()
     model = ASTModel(config=cfg)
     model.load_from(ckpt, keep_head=True)
-    model.labels = ckpt.labels
-    model.features = ckpt.features
+    model.labels, model.features, model.meta = ckpt.labels, ckpt.features, ckpt.meta
     return model.eval()
 
 
@@ -459,7 +458,7 @@ def load_model(path: str | os.PathLike) -> ASTModel:
         return load_finetuned(path)
     model = ASTModel(config=ckpt.config)
     model.load_from(ckpt)
-    model.labels, model.features = ckpt.labels, ckpt.features
+    model.labels, model.features, model.meta = ckpt.labels, ckpt.features, ckpt.meta
     return model
 
 

@@ -1,0 +1,105 @@
+"""``ssast predict CHECKPOINT AUDIO... --out FILE``: score recordings in sliding windows.
+
+See :mod:`ssast.predict` for the windows, scores, detections and output formats.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def run(args) -> int:
+    from ..predict import FORMATS, Predictor, infer_format, predict, write
+
+    if not args.audio and not args.list:
+        print("ssast predict: error: give audio files or folders, or --list FILE", file=sys.stderr)
+        return 2
+    fmt = args.format or infer_format(args.out)
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}")
+    on_file = None
+    if args.plot_dir:
+        try:
+            import matplotlib  # noqa: F401  (fail now, not after the run)
+        except ImportError:
+            print("ssast predict: error: --plot-dir needs matplotlib (pip install matplotlib)", file=sys.stderr)
+            return 2
+        from .. import plots
+
+        plot_dir = Path(args.plot_dir)
+        used: dict[str, int] = {}
+
+        def on_file(result):
+            # One PNG per file, named by its stem, numbered when stems repeat (as the Raven tables).
+            stem = Path(result.path).stem
+            used[stem] = used.get(stem, 0) + 1
+            name = stem if used[stem] == 1 else f"{stem}_{used[stem]}"
+            try:
+                spec = plots.file_spectrogram(result.path, predictor.features)
+            except Exception as e:  # the picture is optional: a file that fails here keeps its results
+                print(f"no spectrogram for {result.path}: {e}", file=sys.stderr)
+                spec = None
+            plots.plot_timeline(result, plot_dir / f"{name}.png", spectrogram=spec, top=args.plot_top)
+
+    geometry = {k: getattr(args, k) for k in ("fshape", "tshape", "fstride", "tstride", "input_fdim", "input_tdim")}
+    predictor = Predictor.from_checkpoint(args.checkpoint, labels_csv=args.labels, activation=args.activation,
+                                          device=args.device, bf16=args.bf16, **geometry)
+    result = predict(predictor, args.audio, window=args.window, hop=args.hop, threshold=args.threshold,
+                     top_k=args.top_k, batch_size=args.batch_size, recursive=args.recursive, list_file=args.list,
+                     merge_gap=args.merge_gap, keep_scores=bool(args.plot_dir), progress=not args.quiet,
+                     on_file=on_file)
+    written = write(result, args.out, fmt)
+    n_det = sum(len(f.detections) for f in result.files)
+    print(f"{len(result.files)} file(s) processed, {len(result.errors)} skipped or failed, {n_det} detection(s); "
+          f"wrote {', '.join(map(str, written[:3]))}{' ...' if len(written) > 3 else ''}", file=sys.stderr)
+    if not result.files:
+        print("ssast predict: error: no file could be processed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "predict", help="run a fine-tuned model over recordings in sliding windows (CSV, JSON, Raven tables)",
+        description="Score audio files, folders or a list of paths with a fine-tuned model, in windows of "
+                    "--window seconds every --hop seconds; merge windows at or above --threshold into "
+                    "detections per label; summarize each file (with AudioMoth metadata when present). "
+                    "Unreadable files are reported and skipped. Exit status 0 when at least one file was "
+                    "processed.")
+    p.add_argument("checkpoint", help="fine-tuned model: a project checkpoint or a released AST/SSAST file")
+    p.add_argument("audio", nargs="*", help="audio files and folders")
+    p.add_argument("--out", required=True, help="output: FILE.csv, FILE.json, or a folder for Raven tables")
+    p.add_argument("--format", choices=("csv", "json", "raven"),
+                   help="output format (default: from --out: .csv, .json, or a folder for raven). csv also "
+                        "writes <stem>.detections.csv and <stem>.summary.csv beside it")
+    p.add_argument("--list", help="text file with more paths, one per line (# comments allowed)")
+    p.add_argument("--recursive", action=argparse.BooleanOptionalAction, default=True,
+                   help="search folders recursively (default: yes)")
+    g = p.add_argument_group("windows and scores")
+    g.add_argument("--window", type=float, help="window length in seconds (default: the model's input length, "
+                                                "e.g. 10.24 s for 1024 frames)")
+    g.add_argument("--hop", type=float, help="seconds between window starts (default: half the window)")
+    g.add_argument("--threshold", type=float, default=0.5, help="score at which a window counts as a detection "
+                                                                "(default: 0.5)")
+    g.add_argument("--merge-gap", type=float, default=0.0,
+                   help="also merge detections of a label separated by at most this many seconds (default: 0, "
+                        "overlapping or touching windows only)")
+    g.add_argument("--top-k", type=int, default=5, help="labels listed per window (default: 5)")
+    g.add_argument("--activation", choices=("auto", "sigmoid", "softmax"), default="auto",
+                   help="auto: from the checkpoint's meta (multilabel/activation) when recorded, else sigmoid "
+                        "for 527 labels (AudioSet) and softmax otherwise")
+    g.add_argument("--labels", help="label CSV in the official class_labels_indices.csv format (index,mid,"
+                                    "display_name); default: the checkpoint's names, else LABEL_i")
+    r = p.add_argument_group("running")
+    r.add_argument("--batch-size", type=int, default=16, help="windows per batch (default: 16)")
+    r.add_argument("--device", help="device (default: cuda when available, else cpu)")
+    r.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=False,
+                   help="run the model under bfloat16 autocast (default: no)")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--plot-dir", help="also write one detection timeline PNG per file here (needs matplotlib)")
+    r.add_argument("--plot-top", type=int, default=5, help="labels drawn per timeline (default: 5)")
+    geo = p.add_argument_group("geometry of released fine-tuned files (not stored in them)")
+    for name in ("fshape", "tshape", "fstride", "tstride", "input-fdim", "input-tdim"):
+        geo.add_argument(f"--{name}", type=int)
+    p.set_defaults(func=run)
