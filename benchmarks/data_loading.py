@@ -80,31 +80,34 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def run_2021(datafile: Path, workers: int, batch: int, frames: int, device: str) -> tuple[int, float]:
-    loader = torch.utils.data.DataLoader(Official2021Dataset(datafile, frames), batch_size=batch, shuffle=True,
-                                         num_workers=workers, pin_memory=device.startswith("cuda"))
+def drain(loader, device: str, to_features=None) -> tuple[int, float]:
+    """Clips delivered by ``loader`` as (B, frames, 128) features on ``device``, and the seconds taken."""
     n = 0
     t0 = time.perf_counter()
-    for x in loader:
-        x = x.to(device, non_blocking=True)  # (B, frames, 128)
+    for b in loader:
+        x = to_features(b) if to_features else b.to(device, non_blocking=True)  # (B, frames, 128)
         n += x.shape[0]
     sync(device)
     return n, time.perf_counter() - t0
+
+
+def run_2021(datafile: Path, workers: int, batch: int, frames: int, device: str) -> tuple[int, float]:
+    loader = torch.utils.data.DataLoader(Official2021Dataset(datafile, frames), batch_size=batch, shuffle=True,
+                                         num_workers=workers, pin_memory=device.startswith("cuda"))
+    return drain(loader, device)
+
+
+def _pipeline(pattern: str, batch: int, frames: int):
+    return shard_pipeline(pattern, num_samples=frames_to_samples(frames), batch_size=batch, train=True,
+                          shuffle_buffer=100, drop_last=False, seed=0)
 
 
 def run_shards(pattern: str, workers: int, batch: int, frames: int, device: str) -> tuple[int, float]:
     extractor = FeatureExtractor(FeatureConfig(target_length=frames))
-    pipe = shard_pipeline(pattern, num_samples=frames_to_samples(frames), batch_size=batch, train=True,
-                          shuffle_buffer=100, drop_last=False, seed=0)
-    loader = torch.utils.data.DataLoader(pipe, batch_size=None, num_workers=workers,
+    loader = torch.utils.data.DataLoader(_pipeline(pattern, batch, frames), batch_size=None, num_workers=workers,
                                          pin_memory=device.startswith("cuda"))
-    n = 0
-    t0 = time.perf_counter()
-    for b in loader:
-        x = extractor(b["wave"].to(device, non_blocking=True), lengths=b["length"].to(device))  # (B, frames, 128)
-        n += x.shape[0]
-    sync(device)
-    return n, time.perf_counter() - t0
+    return drain(loader, device, lambda b: extractor(b["wave"].to(device, non_blocking=True),
+                                                      lengths=b["length"].to(device)))
 
 
 class FeaturesInWorkers(torch.utils.data.IterableDataset):
@@ -122,17 +125,9 @@ class FeaturesInWorkers(torch.utils.data.IterableDataset):
 
 def run_shards_worker_features(pattern: str, workers: int, batch: int, frames: int, device: str) -> tuple[int, float]:
     extractor = FeatureExtractor(FeatureConfig(target_length=frames))
-    pipe = shard_pipeline(pattern, num_samples=frames_to_samples(frames), batch_size=batch, train=True,
-                          shuffle_buffer=100, drop_last=False, seed=0)
-    loader = torch.utils.data.DataLoader(FeaturesInWorkers(pipe, extractor), batch_size=None, num_workers=workers,
-                                         pin_memory=device.startswith("cuda"))
-    n = 0
-    t0 = time.perf_counter()
-    for x in loader:
-        x = x.to(device, non_blocking=True)  # (B, frames, 128)
-        n += x.shape[0]
-    sync(device)
-    return n, time.perf_counter() - t0
+    loader = torch.utils.data.DataLoader(FeaturesInWorkers(_pipeline(pattern, batch, frames), extractor),
+                                         batch_size=None, num_workers=workers, pin_memory=device.startswith("cuda"))
+    return drain(loader, device)
 
 
 def main() -> None:
