@@ -36,7 +36,8 @@ setup(
         "hf": ["transformers==5.23.0"],
         "plots": ["matplotlib==3.11.2"],
         "train": [DEEPSPEED],
-        "test": ["pytest>=7", "transformers==5.23.0", "matplotlib==3.11.2"],
+        "test": ["pytest>=7", "transformers==5.23.0", "matplotlib==3.11.2", "scikit-learn==1.9.1",
+                 "scipy==1.17.1"],
     },
     entry_points={"console_scripts": ["ssast=ssast.cli:main"]},
 )
