@@ -45,12 +45,21 @@ def _cmd_info(args) -> int:
 
 
 def _cmd_export(args) -> int:
+    from pathlib import Path
+
     from .checkpoint import read_checkpoint, save_checkpoint, save_released
     from .model import ASTModel, load_finetuned
 
-    ckpt = read_checkpoint(args.checkpoint)
+    src = args.checkpoint
+    if Path(src).is_dir():
+        # A pretraining run folder (its newest complete checkpoint) or one checkpoint tag of it.
+        from .engine.checkpointing import export_source
+
+        src = export_source(src)
+        print(f"exporting {src}")
+    ckpt = read_checkpoint(src)
     if ckpt.stage == "finetune":
-        model = load_finetuned(args.checkpoint, fstride=args.fstride, tstride=args.tstride,
+        model = load_finetuned(src, fstride=args.fstride, tstride=args.tstride,
                                input_fdim=args.input_fdim, input_tdim=args.input_tdim)
     else:
         model = ASTModel(config=ckpt.config)
@@ -69,6 +78,9 @@ def _cmd_export(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ssast", description=__doc__.strip() if __doc__ else None)
+    # The deepspeed launcher passes --local_rank before the subcommand; the rank is read from
+    # the environment (LOCAL_RANK) instead.
+    p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     d = sub.add_parser("demo", help="pretrain and fine-tune a tiny model on generated spectrograms (CPU, < 1 min)")
@@ -84,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("export", help="write a checkpoint in the released 2021 format, the project format, "
                        "or as a Hugging Face transformers model folder")
-    e.add_argument("checkpoint")
+    e.add_argument("checkpoint", help="a checkpoint file, or a pretraining run folder (ssast pretrain --out DIR: its "
+                                      "newest complete checkpoint) or one of its checkpoints/global_step<N> folders")
     e.add_argument("--format", choices=("released", "ssast", "hf"), required=True)
     e.add_argument("--out", required=True, help="output file (a folder for --format hf)")
     g = e.add_argument_group("geometry of released fine-tuned files (not stored in them)")
