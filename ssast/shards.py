@@ -659,6 +659,18 @@ class ShardPipeline(wds.DataPipeline):
 
     def set_epoch(self, epoch: int) -> None:
         self._seeds.epoch = epoch - 1  # __iter__ moves on to epoch
+        # webdataset's ResampledShards counts its own epochs into its seed: keep it in step, so
+        # that a pipeline set to epoch e draws what a fresh one set to e draws.
+        for stage in self._resampled_shards():
+            stage.epoch = epoch - 1
+
+    def _resampled_shards(self):
+        for stage in self.pipeline:
+            subs = stage.pipelines if isinstance(stage, MixedSources) else [stage]
+            for sub in subs:
+                for st in getattr(sub, "pipeline", [sub]):
+                    if isinstance(st, wds.ResampledShards):
+                        yield st
 
     def __len__(self) -> int:
         if self.epoch_length is None:

@@ -375,3 +375,24 @@ def test_datafile_and_folder_sources_stream_through_the_same_stages(corpus, tmp_
     got = Counter(sm["dataset"] for sm in pipe)
     assert sum(got.values()) == 60 and got["speech"] > 10 and got["sounds"] > 10
     assert pipe.skipped.counts()["audio"] >= 1
+
+
+def test_set_epoch_replays_an_epoch_of_the_resampled_stream(corpus, tmp_path):
+    """A reused pipeline set to epoch e yields what a fresh pipeline set to e yields (resume)."""
+    _, s = corpus
+    speech = write_shards(corpus[0] / "pc" / "rain", tmp_path / "speech", labeled=False)
+
+    def make(shards):
+        return shard_pipeline(shards, resampled=True, epoch_length=6, num_samples=400, seed=3, shuffle_buffer=4)
+
+    for shards in (s.pattern, [(s.pattern, 0.5), (speech.pattern, 0.5)]):
+        used = make(shards)
+        first = [x["path"] for x in used]  # epoch 0
+        list(used)  # epoch 1
+        used.set_epoch(1)
+        again = [x["path"] for x in used]
+        fresh = make(shards)
+        fresh.set_epoch(1)
+        assert again == [x["path"] for x in fresh]
+        fresh.set_epoch(0)
+        assert first == [x["path"] for x in fresh]
