@@ -92,15 +92,10 @@ def load_encoder(path: str | os.PathLike, *, fshape: int | None = None, tshape: 
         model.labels, model.features, model.meta = None, ckpt.features, ckpt.meta
         features = ckpt.features
     cfg = model.config
-    if features is None:
-        features = FeatureConfig(num_mel_bins=cfg.input_fdim, target_length=cfg.input_tdim)
-    elif isinstance(features, dict):
-        features = FeatureConfig.from_dict(features)
-    if features.num_mel_bins != cfg.input_fdim:
-        raise CheckpointError(path, f"its feature settings give {features.num_mel_bins} mel bins, the model takes "
-                                    f"input_fdim={cfg.input_fdim}")
-    if features.target_length != cfg.input_tdim:
-        features = FeatureConfig.from_dict({**features.to_dict(), "target_length": cfg.input_tdim})
+    try:
+        features = FeatureConfig.for_model(cfg, features)
+    except ValueError as e:
+        raise CheckpointError(path, str(e)) from None
     return model.eval(), features
 
 

@@ -57,18 +57,7 @@ def _default_device() -> torch.device:
 
 
 def _feature_config(model, features) -> FeatureConfig:
-    cfg = model.config
-    if features is None:
-        features = FeatureConfig(num_mel_bins=cfg.input_fdim, target_length=cfg.input_tdim)
-    elif isinstance(features, dict):
-        features = FeatureConfig.from_dict(features)
-    if features.num_mel_bins != cfg.input_fdim:
-        raise ValueError(f"the feature settings give {features.num_mel_bins} mel bins, the model takes "
-                         f"input_fdim={cfg.input_fdim}")
-    if features.target_length != cfg.input_tdim:
-        # the model's input length decides: e.g. a released model loaded with another input_tdim
-        features = FeatureConfig.from_dict({**features.to_dict(), "target_length": cfg.input_tdim})
-    return features
+    return FeatureConfig.for_model(model.config, features)
 
 
 def _members(checkpoints, geometry: dict | None) -> list[_Member]:

@@ -247,6 +247,22 @@ class FeatureConfig:
         return cls(**d)
 
     @classmethod
+    def for_model(cls, model_config, features: "FeatureConfig | dict | None" = None) -> "FeatureConfig":
+        """The settings a model's input needs: ``features`` (a checkpoint's, default AudioSet's)
+        with the model's input length; ValueError if their mel bins differ from the model's."""
+        if features is None:
+            features = cls(num_mel_bins=model_config.input_fdim, target_length=model_config.input_tdim)
+        elif isinstance(features, dict):
+            features = cls.from_dict(features)
+        if features.num_mel_bins != model_config.input_fdim:
+            raise ValueError(f"the feature settings give {features.num_mel_bins} mel bins, the model takes "
+                             f"input_fdim={model_config.input_fdim}")
+        if features.target_length != model_config.input_tdim:
+            # the model's input length decides: e.g. a released model loaded with another input_tdim
+            features = cls.from_dict({**features.to_dict(), "target_length": model_config.input_tdim})
+        return features
+
+    @classmethod
     def preset(cls, dataset: str, **overrides) -> "FeatureConfig":
         """The official recipe's mean, std and target length for ``audioset``, ``esc50``, ``speechcommands``."""
         if dataset not in DATASET_PRESETS:

@@ -562,15 +562,7 @@ class Predictor:
         cfg = model.config
         if cfg.stage != "finetune":
             raise ValueError("prediction needs a fine-tuned model with a classification head")
-        if features is None:
-            features = FeatureConfig(num_mel_bins=cfg.input_fdim, target_length=cfg.input_tdim)
-        elif isinstance(features, dict):
-            features = FeatureConfig.from_dict(features)
-        if features.num_mel_bins != cfg.input_fdim:
-            raise ValueError(f"the feature settings give {features.num_mel_bins} mel bins, the model takes "
-                             f"input_fdim={cfg.input_fdim}")
-        if features.target_length != cfg.input_tdim:
-            features = FeatureConfig.from_dict({**features.to_dict(), "target_length": cfg.input_tdim})
+        features = FeatureConfig.for_model(cfg, features)
         self.features = features
         self.extractor = FeatureExtractor(features)
         if labels is None:
