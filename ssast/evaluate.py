@@ -56,10 +56,6 @@ def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _feature_config(model, features) -> FeatureConfig:
-    return FeatureConfig.for_model(model.config, features)
-
-
 def _members(checkpoints, geometry: dict | None) -> list[_Member]:
     from .model import ASTModel, load_finetuned
 
@@ -76,7 +72,7 @@ def _members(checkpoints, geometry: dict | None) -> list[_Member]:
         if not isinstance(model, ASTModel) or model.config.stage != "finetune":
             raise ValueError(f"{name}: evaluation needs a fine-tuned model with a classification head")
         labels = getattr(model, "labels", None)
-        out.append(_Member(name, model, _feature_config(model, getattr(model, "features", None)),
+        out.append(_Member(name, model, FeatureConfig.for_model(model.config, getattr(model, "features", None)),
                            [str(x) for x in labels] if labels is not None else None,
                            dict(getattr(model, "meta", None) or {}), isinstance(c, torch.nn.Module)))
     return out
