@@ -47,7 +47,7 @@ class RunLog:
     """TensorBoard, progress bar, text log and JSONL of a run (active on rank 0 only)."""
 
     def __init__(self, run_dir: str | Path, active: bool, total_steps: int, start_step: int = 0,
-                 progress: bool = True):
+                 progress: bool = True, desc: str = "pretrain"):
         self.active = active
         self.log = logging.getLogger(LOGGER)
         self.writer = self.bar = None
@@ -82,7 +82,7 @@ class RunLog:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, smoothing=0.05,
-                            desc="pretrain")
+                            desc=desc)
 
     def _trim_jsonl(self, start_step: int) -> None:
         path = self.run_dir / "metrics.jsonl"

@@ -90,13 +90,18 @@ def validate(engine, objective, valid, features, micro_batch: int) -> dict[str, 
 def fit(engine, objective, stream, features, settings, state: TrainState, *, rank: int, runlog,
         valid=None, save: Callable[[TrainState], None] | None = None,
         on_best: Callable[[TrainState, dict], None] | None = None,
-        skip_counts: Callable[[], torch.Tensor] | None = None) -> TrainState:
+        skip_counts: Callable[[], torch.Tensor] | None = None,
+        lr_fn: Callable[[TrainState], float] | None = None,
+        on_valid: Callable[[TrainState, dict], None] | None = None) -> TrainState:
     """Train from ``state.step`` to ``settings.max_steps``; returns the final state.
 
     ``stream.batches(step)``: the micro-batches from a step on; ``features(batch)``: model input;
     ``objective.train_step(engine, x, batch, generator) -> (loss, metrics)``;
     ``save(state)``: write a checkpoint (every ``save_every`` steps and at the end);
-    ``on_best(state, metrics)``: called after a validation that improved the best metric.
+    ``on_best(state, metrics)``: called after a validation that improved the best metric;
+    ``on_valid(state, metrics)``: called after every validation (after ``on_best``);
+    ``lr_fn(state)``: the rate of the next update (default: warm-up and plateau schedule). A
+    parameter group with an ``lr_scale`` entry gets the rate times that scale.
     """
     device = features.device
     accum = engine.gradient_accumulation_steps()
@@ -107,9 +112,12 @@ def fit(engine, objective, stream, features, settings, state: TrainState, *, ran
     win = _Window()
     while state.step < settings.max_steps:
         t_step = time.perf_counter()
-        lr = learning_rate(state.step, settings.lr, settings.warmup_steps, state.plateau.scale)
+        if lr_fn is not None:
+            lr = lr_fn(state)
+        else:
+            lr = learning_rate(state.step, settings.lr, settings.warmup_steps, state.plateau.scale)
         for group in engine.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         for k in range(accum):
             t_wait = time.perf_counter()
             batch = next(batches)
@@ -171,6 +179,8 @@ def fit(engine, objective, stream, features, settings, state: TrainState, *, ran
                 state.best, state.best_step = float(value), state.step
                 if on_best is not None:
                     on_best(state, metrics)
+            if on_valid is not None:
+                on_valid(state, metrics)
 
         if save is not None and (state.step % settings.save_every == 0 or state.step == settings.max_steps):
             save(state)
