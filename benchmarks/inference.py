@@ -1,7 +1,8 @@
 """Inference clips/s: ssast's ASTModel against transformers' ASTForAudioClassification (SDPA).
 
 Both run the same weights (ours exported with ``ssast.hf.export_hf``) on the same batch of
-spectrograms, under ``torch.inference_mode``, in fp32 and in bf16 autocast.
+spectrograms, under ``torch.inference_mode``, in fp32 and in bf16 autocast, timed in turns
+(median of ``--steps`` calls each).
 
     python benchmarks/inference.py --size base --batch 4 --frames 1024
 """
@@ -18,17 +19,20 @@ import torch
 from ssast import ASTModel
 
 
-def timed(fn, steps: int, warmup: int) -> float:
+def timed_pair(fn_a, fn_b, steps: int, warmup: int) -> tuple[float, float]:
+    """Median seconds of each function, the two timed in turns so that both see the same machine."""
     for _ in range(warmup):
-        fn()
-    times = []
+        fn_a()
+        fn_b()
+    times = ([], [])
     for _ in range(steps):
-        t0 = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for fn, out in ((fn_a, times[0]), (fn_b, times[1])):
+            t0 = time.perf_counter()
+            fn()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            out.append(time.perf_counter() - t0)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def main() -> None:
@@ -70,7 +74,7 @@ def main() -> None:
             with torch.inference_mode(), amp:
                 theirs(input_values=x)
 
-        t_ours, t_theirs = timed(run_ours, args.steps, args.warmup), timed(run_theirs, args.steps, args.warmup)
+        t_ours, t_theirs = timed_pair(run_ours, run_theirs, args.steps, args.warmup)
         print(f"  {precision}: ssast {args.batch / t_ours:7.2f} clips/s   transformers {args.batch / t_theirs:7.2f} clips/s"
               f"   ratio {t_theirs / t_ours:.2f}x")
 

@@ -11,6 +11,7 @@ from functools import partial
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from timm.models.vision_transformer import Block
 from torch.utils.checkpoint import checkpoint
@@ -93,15 +94,41 @@ class ASTEncoder(nn.Module):
         tokens = [self.cls_token] if self.dist_token is None else [self.cls_token, self.dist_token]
         return torch.cat(tokens, dim=1).expand(batch, -1, -1)  # (B, P, D)
 
-    def forward(self, patches: torch.Tensor) -> torch.Tensor:
-        """(B, N, D) patch tokens -> (B, P + N, D) normalised outputs, prefix tokens first."""
+    def forward(self, patches: torch.Tensor, prefix_only: bool = False) -> torch.Tensor:
+        """(B, N, D) patch tokens -> (B, P + N, D) normalised outputs, prefix tokens first.
+
+        ``prefix_only``: return the prefix tokens' outputs alone (B, P, D), all a cls-token head
+        reads. The last block then computes only their queries, attention outputs and MLP (the
+        other tokens still serve as keys and values): the same numbers for about 6% less work.
+        """
         x = torch.cat([self.prefix_tokens(patches.shape[0]), patches], dim=1)
         x = x + self.pos_embed
         fused = self._use_fused_attention(x)
-        for blk in self.blocks:
+        blocks = list(self.blocks)
+        last = blocks.pop() if prefix_only else None
+        for blk in blocks:
             blk.attn.fused_attn = fused  # timm's switch between F.scaled_dot_product_attention and explicit math
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(blk, x, use_reentrant=False)
             else:
                 x = blk(x)
-        return self.norm(x)  # (B, P + N, D)
+        if last is not None:
+            x = self._prefix_block(last, x)  # (B, P, D)
+        return self.norm(x)  # (B, P + N, D), or (B, P, D) with prefix_only
+
+    def _prefix_block(self, blk: Block, x: torch.Tensor) -> torch.Tensor:
+        """``blk(x)[:, :P]`` without computing the patch tokens' outputs (timm's Block and Attention)."""
+        attn, p = blk.attn, self.num_prefix_tokens
+        b, n, d = x.shape
+        h = blk.norm1(x)
+        w, bias = attn.qkv.weight, attn.qkv.bias  # (3D', D): queries, keys, values stacked
+        dq = attn.num_heads * attn.head_dim
+        q = F.linear(h[:, :p], w[:dq], None if bias is None else bias[:dq])  # (B, P, D')
+        kv = F.linear(h, w[dq:], None if bias is None else bias[dq:])  # (B, N, 2D')
+        q = attn.q_norm(q.reshape(b, p, attn.num_heads, attn.head_dim).transpose(1, 2))  # (B, H, P, hd)
+        k, v = kv.reshape(b, n, 2, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, N, hd)
+        k = attn.k_norm(k)
+        o = F.scaled_dot_product_attention(q, k, v, dropout_p=attn.attn_drop.p if self.training else 0.0)
+        o = attn.proj_drop(attn.proj(attn.norm(o.transpose(1, 2).reshape(b, p, dq))))  # (B, P, D)
+        y = x[:, :p] + blk.drop_path1(blk.ls1(o))
+        return y + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(y))))

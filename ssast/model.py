@@ -343,6 +343,11 @@ class ASTModel(nn.Module):
                     f"task {task!r} needs a fine-tuning model with a classification head; this model is at "
                     "the pretraining stage (build it with pretrain_stage=False)"
                 )
+            if task == "ft_cls" and getattr(self.v.blocks[-1].attn, "gate", None) is None:
+                # the cls head reads the prefix tokens only: skip the rest of the last block
+                spec = self.spectrogram(x)
+                self._check_grid(spec)
+                return self.mlp_head(self.v(self.v.patch_embed(spec), prefix_only=True).mean(dim=1))
             return self.mlp_head(self.pool(self.encode(x), task))
         if task not in PRETRAIN_TASKS:
             raise ValueError(f"unknown task {task!r}; expected one of {', '.join(FINETUNE_TASKS + PRETRAIN_TASKS)}")

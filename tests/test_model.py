@@ -199,3 +199,17 @@ def test_attention_kernels_agree():
             assert model.v._use_fused_attention(torch.zeros(1))  # inference
     with pytest.raises(ValueError):
         model.v.set_attention("flash")
+
+
+@pytest.mark.parametrize("prefix", [1, 2])
+def test_cls_head_shortcut_equals_the_full_last_block(prefix):
+    """ft_cls skips the patch tokens' part of the last block; logits and gradients are unchanged."""
+    model = tiny_model(stage="finetune", num_prefix_tokens=prefix, fstride=2, tstride=3)
+    x = torch.randn(3, 32, 16)
+    short = model(x, "ft_cls")
+    full = model.mlp_head(model.pool(model.encode(x), "ft_cls"))
+    assert torch.allclose(short, full, rtol=1e-5, atol=1e-6)
+    g_short = torch.autograd.grad(short.square().sum(), list(model.parameters()), allow_unused=True)
+    g_full = torch.autograd.grad(full.square().sum(), list(model.parameters()), allow_unused=True)
+    for (name, _), a, b in zip(model.named_parameters(), g_short, g_full):
+        assert (a is None and b is None) or torch.allclose(a, b, rtol=1e-4, atol=1e-6), name
