@@ -9,8 +9,8 @@ Everything is off by default (pretraining uses none of it). The recipes' order, 
 4. normalization ``(x - mean) / (2 * std)``;
 5. uniform noise and a random roll along time (:func:`noise_and_shift`).
 
-:func:`augment_batch` runs the five steps with an :class:`AugmentConfig`; ``AUGMENT_PRESETS``
-holds the settings of the official ESC-50, Speech Commands and AudioSet recipes.
+:func:`augment_batch` runs the five steps with an :class:`AugmentConfig`; the official recipes'
+settings are in :mod:`ssast.presets`.
 
 Each random draw is independent per clip and comes from ``generator`` when one is given (from
 torch's global generator otherwise), so a seeded generator makes a batch's augmentation
@@ -55,15 +55,6 @@ class AugmentConfig:
     @property
     def active(self) -> bool:
         return bool(self.freqm or self.timem or self.mixup or self.noise)
-
-
-# The official fine-tuning scripts' settings (run_esc_patch.sh, run_sc.sh, run_as.sh).
-AUGMENT_PRESETS = {
-    "esc50": AugmentConfig(freqm=24, timem=96, mixup=0.0, noise=True),
-    "speechcommands": AugmentConfig(freqm=48, timem=48, mixup=0.6, noise=True),
-    "audioset": AugmentConfig(freqm=48, timem=192, mixup=0.5, noise=False),
-    "pretrain": AugmentConfig(),
-}
 
 
 def _rand(n: int, generator: torch.Generator | None, device, dtype=torch.float32) -> torch.Tensor:

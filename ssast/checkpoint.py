@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 import torch
 
 from .config import SIZES, ModelConfig, grid_size, size_from_width
+from .files import atomic_save
 
 FORMAT_NAME = "ssast"
 FORMAT_VERSION = 1
@@ -53,15 +53,17 @@ class Checkpoint:
     state: dict[str, torch.Tensor]  # canonical keys (no "module." prefix, no unused heads)
     pretrain_input: tuple[int, int] | None = None  # (fdim, tdim) recorded by released pretraining files
     features: dict | None = None
-    labels: list | None = None
+    labels: list | None = None  # display names of the outputs, in order
     meta: dict = field(default_factory=dict)
+    assumed: list[str] = field(default_factory=list)  # what the file does not say and was filled in
 
     @property
     def stage(self) -> str:
         return self.config.stage
 
-    def encoder_state(self) -> dict[str, torch.Tensor]:
-        return {k[2:]: v for k, v in self.state.items() if k.startswith("v.")}
+    @property
+    def has_head(self) -> bool:
+        return any(k.startswith("mlp_head.") for k in self.state)
 
 
 def _load_file(path: str | os.PathLike) -> Any:
@@ -182,21 +184,6 @@ def read_checkpoint(path: str | os.PathLike, **geometry) -> Checkpoint:
     return Checkpoint(path, "released", cfg, state, pretrain_input=pretrain_input)
 
 
-def _atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """Write to a temporary file in the same folder, then rename: no half-written checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_checkpoint(
     model: torch.nn.Module,
     path: str | os.PathLike,
@@ -207,7 +194,7 @@ def save_checkpoint(
 ) -> None:
     """Save a model in the project format: weights, model config, feature settings, label names."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    _atomic_save(
+    atomic_save(
         {
             "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
@@ -242,4 +229,4 @@ def released_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def save_released(model: torch.nn.Module, path: str | os.PathLike) -> None:
     """Save in the released 2021 format (read by the official code and s3prl's ssast upstream)."""
-    _atomic_save(released_state_dict(model), path)
+    atomic_save(released_state_dict(model), path)

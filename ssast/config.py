@@ -6,7 +6,7 @@ nothing here builds a module.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 # Width, heads and number of prefix tokens of each size. All released models have 12 blocks.
 # ``tiny``/``small``/``base`` follow DeiT's distilled layout (a cls and a distillation token);
@@ -87,7 +87,6 @@ class ModelConfig:
     stage: str = "pretrain"
     # Default task of ``forward`` when none is given ("ft_avgtok" or "ft_cls").
     default_task: str = "ft_avgtok"
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def from_size(cls, model_size: str, **kw) -> "ModelConfig":
@@ -109,6 +108,11 @@ class ModelConfig:
     @property
     def num_patches(self) -> int:
         return self.f_dim * self.t_dim
+
+    @property
+    def is_frame_model(self) -> bool:
+        """A frame model's patches span every mel bin (128x2 patches on 128 bins): one patch per time step."""
+        return self.fshape == self.input_fdim
 
     @property
     def patch_dim(self) -> int:

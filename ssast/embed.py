@@ -1,12 +1,11 @@
 """Clip-level and frame-level embeddings of audio files, for training your own heads.
 
-The encoder comes from a pretraining checkpoint (released or project format; its encoder only,
-built as a fine-tuning-stage model at the checkpoint's patch shape, with non-overlapping patches
-unless strides are given) or from a fine-tuned one (its head is not used). Features follow the
-checkpoint's feature settings (for files that store none: AudioSet's normalization, the one
-SSAST pretraining used, with the model's mel bins and input length).
+The encoder comes from anything :func:`ssast.load` takes with ``stage="finetune"``: a
+pretraining checkpoint (its encoder only, at the checkpoint's patch shape, with non-overlapping
+patches unless strides are given) or a fine-tuned one (its head is not used). Features follow the
+checkpoint's feature settings (SSAST pretraining used AudioSet's normalization).
 
-Each file is read as a stream and cut into windows. A window of ``window`` seconds holds
+Each file is read as a stream and cut into windows (:mod:`ssast.stream`). A window of ``window`` seconds holds
 ``window / frame shift`` analysis frames (its audio spans one frame length minus one shift more,
 15 ms with the recipe's framing); by default it is the model's input length, and windows start
 every ``hop`` seconds (default: the window), so that consecutive windows continue one grid of
@@ -44,59 +43,36 @@ not be read (each also reported on stderr); the others go on.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from .audio import is_audio_file
-from .features import FeatureConfig, FeatureExtractor, frame_geometry, num_frames
+from .device import default_device
+from .features import FeatureExtractor, frame_geometry, num_frames
+from .files import atomic_write
+from .loading import Loaded, load
 from .sources import Item, read_source
+from .stream import FileEnd, FileFailed, FileStart, Rows, run_windows
 
 LEVELS = ("clip", "frame", "both")
-
-
-def load_encoder(path: str | os.PathLike, *, fshape: int | None = None, tshape: int | None = None,
-                 fstride: int | None = None, tstride: int | None = None, input_fdim: int | None = None,
-                 input_tdim: int | None = None):
-    """A fine-tuning-stage model (eval mode) and its :class:`FeatureConfig` from any checkpoint.
-
-    Fine-tuned checkpoints are read with :func:`ssast.load_finetuned` (the geometry arguments
-    are its own). For pretraining checkpoints the strides default to the patch shape and the
-    input size to the pretraining input; a different input size resamples the positional grid.
-    """
-    from .checkpoint import CheckpointError, read_checkpoint
-    from .model import ASTModel, load_finetuned
-
-    geometry = dict(fshape=fshape, tshape=tshape, fstride=fstride, tstride=tstride, input_fdim=input_fdim,
-                    input_tdim=input_tdim)
-    ckpt = read_checkpoint(path, fstride=fstride or 10, tstride=tstride or 10, input_fdim=input_fdim or 128)
-    if ckpt.stage == "finetune" and any(k.startswith("mlp_head.") for k in ckpt.state):
-        model = load_finetuned(path, **geometry)
-        features = model.features
-    else:
-        src = ckpt.config
-        if (fshape or src.fshape, tshape or src.tshape) != (src.fshape, src.tshape):
-            raise CheckpointError(path, f"patch shape mismatch: the checkpoint has {src.fshape}x{src.tshape} patches, "
-                                        f"fshape={fshape}, tshape={tshape} were asked for")
-        cfg = src.replace(stage="finetune", fstride=fstride or src.fshape, tstride=tstride or src.tshape,
-                          input_fdim=input_fdim or src.input_fdim, input_tdim=input_tdim or src.input_tdim)
-        cfg.validate()
-        model = ASTModel(config=cfg)
-        model.load_from(ckpt)  # encoder only, positional grid adapted to cfg
-        model.labels, model.features, model.meta = None, ckpt.features, ckpt.meta
-        features = ckpt.features
-    cfg = model.config
-    try:
-        features = FeatureConfig.for_model(cfg, features)
-    except ValueError as e:
-        raise CheckpointError(path, str(e)) from None
-    return model.eval(), features
+OUTPUT_KEYS = {
+    "clip_avgtok": "(D,) the file's embedding: mean of the patch tokens, windows weighted by their audio",
+    "clip_cls": "(D,) the same for the prefix tokens (cls, and distillation token)",
+    "window_avgtok": "(W, D) each window's mean of the patch tokens",
+    "window_cls": "(W, D) each window's mean of the prefix tokens",
+    "frames": "(S, D) one embedding per time step of the patch grid (mean of its frequency patches)",
+    "frame_times": "(S,) start in seconds of each step's first analysis frame",
+    "window_starts": "(W,) window starts in seconds",
+    "window_durations": "(W,) seconds of audio in each window",
+}
 
 
 class _Stop(Exception):
@@ -110,16 +86,15 @@ class Embedder:
     [0, depth) for that block's output (before any norm).
     """
 
-    def __init__(self, model: torch.nn.Module, features: FeatureConfig, *, layer: int = -1,
-                 device: str | torch.device | None = None):
+    def __init__(self, loaded: Loaded, *, layer: int = -1, device: str | torch.device | None = None):
+        model = loaded.model
         depth = len(model.v.blocks)
         if layer != -1 and not 0 <= layer < depth:
             raise ValueError(f"layer must be -1 (the final output) or a block index in [0, {depth}), got {layer}")
         self.layer = layer
-        self.features = features
-        self.extractor = FeatureExtractor(features)
-        self.device = torch.device(device) if device is not None else torch.device(
-            "cuda" if torch.cuda.is_available() else "cpu")
+        self.features = loaded.features
+        self.extractor = FeatureExtractor(loaded.features)
+        self.device = default_device(device)
         self.model = model.eval().to(self.device)
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
@@ -161,13 +136,18 @@ class _File:
     path: str
     npz: Path
     labels: tuple[str, ...]
-    starts: list[int] = field(default_factory=list)
-    lengths: list[int] = field(default_factory=list)
+    starts: list[np.ndarray] = field(default_factory=list)
+    lengths: list[np.ndarray] = field(default_factory=list)
     avgtok: list[torch.Tensor] = field(default_factory=list)
     cls: list[torch.Tensor] = field(default_factory=list)
     frames: list[torch.Tensor] = field(default_factory=list)
-    expected: int | None = None
-    num_samples: int = 0
+
+    def add(self, rows: Rows) -> None:
+        self.starts.append(rows.starts)
+        self.lengths.append(rows.lengths)
+        self.avgtok.append(rows.outputs["avgtok"])
+        self.cls.append(rows.outputs["cls"])
+        self.frames.append(rows.outputs["frames"])
 
 
 def _inputs(src, label_csv) -> tuple[list[Item], Path, bool]:
@@ -199,48 +179,27 @@ def output_names(paths: list[str], base: Path) -> list[Path]:
     return [r.with_name(r.name + ".npz") if taken[s] > 1 else s for r, s in zip(rels, stems)]
 
 
-def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)  # no half-written file under the final name
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def embed(checkpoint, src, out_dir: str | os.PathLike, *, level: str = "both", layer: int = -1,
-          window: float | None = None, hop: float | None = None, batch_size: int = 8,
+def embed(model: Loaded | str | os.PathLike, src, out_dir: str | os.PathLike, *, level: str = "both",
+          layer: int = -1, window: float | None = None, hop: float | None = None, batch_size: int = 8,
           device: str | torch.device | None = None, label_csv: str | os.PathLike | None = None,
-          geometry: dict | None = None, progress: bool = False, block_seconds: float = 60.0) -> dict:
+          progress: bool = False, block_seconds: float = 60.0, **load_options) -> dict:
     """Write the embeddings of every audio file of ``src`` to ``out_dir`` (see the module docstring).
 
-    ``checkpoint``: a checkpoint path, or a ``(model, FeatureConfig)`` pair. ``src``: a folder
-    (searched recursively), one audio file, a CSV or a JSON datafile. ``window``/``hop``: seconds
-    (default: the model's input length, and the window). ``geometry``: strides and input size
-    (see :func:`load_encoder`).
+    ``model``: a :class:`~ssast.loading.Loaded` model, or anything :func:`ssast.load` takes (loaded
+    with ``stage="finetune"`` and ``load_options``: strides, target length, normalization).
+    ``src``: a folder (searched recursively), one audio file, a CSV or a JSON datafile.
+    ``window``/``hop``: seconds (default: the model's input length, and the window).
 
     Returns ``{"files": [{"path", "npz", "duration", "windows"}], "skipped": [{"path", "error"}],
     "settings": {...}}``.
     """
-    from .predict import _events, _prefetch
-
     if level not in LEVELS:
         raise ValueError(f"level must be one of {', '.join(LEVELS)}, got {level!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    if isinstance(checkpoint, (str, os.PathLike)):
-        model, features = load_encoder(checkpoint, **(geometry or {}))
-        name = str(checkpoint)
-    else:
-        model, features = checkpoint
-        name = "model"
-    emb = Embedder(model, features, layer=layer, device=device)
-    cfg = model.config
-    f = features
+    loaded = model if isinstance(model, Loaded) else load(model, stage="finetune", **load_options)
+    emb = Embedder(loaded, layer=layer, device=device)
+    cfg, f = loaded.config, loaded.features
     sr = f.sample_rate
     size, shift, _ = frame_geometry(sr, f.frame_length_ms, f.frame_shift_ms)
     shift_s = shift / sr
@@ -265,115 +224,82 @@ def embed(checkpoint, src, out_dir: str | os.PathLike, *, level: str = "both", l
     paths = [it.path for it in items]
     skipped: list[dict] = []
     written: list[dict] = []
-    states: dict[int, _File] = {}
-    pending: list = []
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(paths), unit="file", desc="embed", file=sys.stderr)
+    files: dict[int, _File] = {}
+    bar = tqdm(total=len(paths), unit="file", desc="embed", file=sys.stderr, disable=not progress)
 
     def report(path: str, problem: str) -> None:
         skipped.append({"path": path, "error": problem})
-        msg = f"skipped {path}: {problem}"
-        (bar.write(msg, file=sys.stderr) if bar is not None else print(msg, file=sys.stderr))
-        if bar is not None:
-            bar.update(1)
+        bar.write(f"skipped {path}: {problem}", file=sys.stderr)
 
-    def run_batch() -> None:
-        waves = torch.stack([b[4] for b in pending])  # (B, win)
-        lens = torch.tensor([b[3] for b in pending])
-        out = emb(waves, lens if int(lens.min()) < win else None)
-        for row, (i, k, start, length, _) in enumerate(pending):
-            st = states[i]
-            st.starts.append(start)
-            st.lengths.append(length)
-            st.avgtok.append(out["avgtok"][row])
-            st.cls.append(out["cls"][row])
-            st.frames.append(out["frames"][row])
-        pending.clear()
-
-    def finish(i: int) -> None:
-        st = states.pop(i)
-        starts = np.asarray(st.starts, dtype=np.int64)
-        lengths = np.asarray(st.lengths, dtype=np.int64)
+    def finish(st: _File, end: FileEnd) -> None:
+        starts, lengths = np.concatenate(st.starts), np.concatenate(st.lengths)
         arrays: dict[str, np.ndarray] = {"window_starts": starts / sr, "window_durations": lengths / sr}
         if level in ("clip", "both"):
             w = torch.as_tensor(lengths, dtype=torch.float64)[:, None] / float(lengths.sum())  # (W, 1)
             for key, vals in (("avgtok", st.avgtok), ("cls", st.cls)):
-                per_window = torch.stack(vals)  # (W, D)
+                per_window = torch.cat(vals)  # (W, D)
                 arrays[f"window_{key}"] = per_window.numpy()
                 arrays[f"clip_{key}"] = (per_window.double() * w).sum(dim=0).float().numpy()  # (D,)
         if level in ("frame", "both"):
+            frames = torch.cat(st.frames)  # (W, t, D)
             keep_frames, keep_times = [], []
             for k, (s, n) in enumerate(zip(starts.tolist(), lengths.tolist())):
                 real = num_frames(n, sr, f.frame_length_ms, f.frame_shift_ms)
                 keep = t_steps * cfg.tstride < real  # the step starts in real audio
                 if k + 1 < len(starts):
                     keep &= s + t_steps * step_samples < int(starts[k + 1])  # the next window takes over
-                keep_frames.append(st.frames[k][keep])
+                keep_frames.append(frames[k][keep])
                 keep_times.append((s + t_steps[keep].numpy() * step_samples) / sr)
             arrays["frames"] = torch.cat(keep_frames).numpy()  # (S, D)
             arrays["frame_times"] = np.concatenate(keep_times)  # (S,)
-        _save_npz(out_dir / st.npz, arrays)
-        row = {"path": st.path, "npz": st.npz.as_posix(), "duration": round(st.num_samples / sr, 6),
+        atomic_write(out_dir / st.npz, lambda fh: np.savez(fh, **arrays))
+        row = {"path": st.path, "npz": st.npz.as_posix(), "duration": round(end.num_samples / sr, 6),
                "windows": len(starts)}
         if labeled:
             row["labels"] = ";".join(st.labels)
         written.append(row)
-        if bar is not None:
-            bar.update(1)
 
-    def flush_ready() -> None:
-        for i in [i for i, st in states.items() if st.expected is not None and len(st.starts) == st.expected]:
-            finish(i)
-
-    events = _prefetch(_events(paths, sr, win, hp, size, block_seconds), depth=2 * batch_size + 4)
     try:
-        for kind, i, payload in events:
-            if kind == "start":
-                states[i] = _File(paths[i], names[i], items[i].labels)
-            elif kind == "window":
-                pending.append((i, *payload))
-                if len(pending) == batch_size:
-                    run_batch()
-                    flush_ready()
-            elif kind == "end":
-                st = states[i]
-                st.expected = len(st.starts) + sum(1 for b in pending if b[0] == i)
-                st.num_samples = payload
-                flush_ready()
-            else:  # a file that cannot be read, or fails part-way: skipped whole
-                states.pop(i, None)
-                pending[:] = [b for b in pending if b[0] != i]
-                report(paths[i], payload)
-        if pending:
-            run_batch()
-        flush_ready()
+        for ev in run_windows(paths, emb, sample_rate=sr, window=win, hop=hp, min_samples=size,
+                              batch_size=batch_size, block_seconds=block_seconds):
+            if isinstance(ev, FileStart):
+                files[ev.index] = _File(ev.path, names[ev.index], items[ev.index].labels)
+            elif isinstance(ev, Rows):
+                files[ev.index].add(ev)
+            elif isinstance(ev, FileEnd):
+                st = files.pop(ev.index)
+                if ev.error is not None:  # a file that fails part-way is skipped whole
+                    report(ev.path, ev.error)
+                else:
+                    finish(st, ev)
+                bar.update(1)
+            elif isinstance(ev, FileFailed):
+                report(ev.path, ev.problem)
+                bar.update(1)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
 
     order = {p: j for j, p in enumerate(paths)}
     written.sort(key=lambda r: order[r["path"]])
-    out_dir.mkdir(parents=True, exist_ok=True)
     columns = ["path", "npz", "duration", "windows"] + (["labels"] if labeled else [])
-    with open(out_dir / "index.csv", "w", newline="", encoding="utf-8") as fh:
-        wr = csv.DictWriter(fh, fieldnames=columns)
-        wr.writeheader()
-        wr.writerows(written)
+    atomic_write(out_dir / "index.csv", _csv_text(columns, written))
     if skipped:
-        with open(out_dir / "skipped.csv", "w", newline="", encoding="utf-8") as fh:
-            wr = csv.DictWriter(fh, fieldnames=["path", "error"])
-            wr.writeheader()
-            wr.writerows(skipped)
+        atomic_write(out_dir / "skipped.csv", _csv_text(["path", "error"], skipped))
     settings = {
-        "checkpoint": name, "level": level, "layer": layer, "window": window_s, "hop": hop_s,
+        "checkpoint": loaded.source, "level": level, "layer": layer, "window": window_s, "hop": hop_s,
         "window_samples": win, "hop_samples": hp, "frame_step": step_samples / sr, "embed_dim": cfg.embed_dim,
         "grid": list(cfg.grid), "model": cfg.to_dict(), "features": f.to_dict(), "device": str(emb.device),
     }
-    (out_dir / "settings.json").write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+    atomic_write(out_dir / "settings.json", json.dumps(settings, indent=2) + "\n")
     return {"files": written, "skipped": skipped, "settings": settings}
 
 
-__all__ = ["Embedder", "LEVELS", "embed", "load_encoder", "output_names"]
+def _csv_text(columns: list[str], rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+__all__ = ["Embedder", "LEVELS", "OUTPUT_KEYS", "embed", "output_names"]

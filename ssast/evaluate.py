@@ -10,12 +10,12 @@ Scores are probabilities: sigmoid for multi-label evaluation, softmax for single
 ensemble of several models is the mean of their probabilities; its metrics are reported with
 each model's own (:func:`ssast.metrics.compute_metrics`).
 
-Labels are matched by name: every label of the data must be one of the model's labels (by id,
-e.g. an AudioSet mid or a class-folder name, or else by display name). Metrics are computed
-over the model's label set, in the model's order; a model label the data never uses simply has
-no positive clip (see :mod:`ssast.metrics` for how such classes count). All models of an
-ensemble must have the same label set (in any order). A model without label names (a released
-checkpoint) is matched by position, and must then have as many outputs as the data has labels.
+Labels are matched by name (:func:`ssast.sources.match_labels`): every label of the data must
+be one of the model's labels (by id, e.g. an AudioSet mid or a class-folder name, or by display
+name). Metrics are computed over the model's label set, in the model's order; a model label the
+data never uses simply has no positive clip (see :mod:`ssast.metrics` for how such classes
+count). All models of an ensemble must have the same label set (in any order). A model without
+label names is matched by position, and must then have as many outputs as the data has labels.
 
 Entries that are missing, carry unknown labels or have unreadable headers are listed and
 skipped before the run; a clip that fails to decode during the run is skipped too. Every
@@ -25,131 +25,89 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+from tqdm import tqdm
 
 from .audio import AudioError
 from .datasets import AudioDataset, collate, frames_to_samples
+from .device import default_device
 from .features import FeatureConfig, FeatureExtractor
-from .metrics import compute_metrics
-from .sources import Source, SourceError, read_source
+from .loading import Loaded, from_model, load
+from .metrics import compute_metrics, probabilities
+from .model import ASTModel
+from .sources import Source, SourceError, match_labels, read_source
 from .sources import validate as validate_source
 
 TASKS = ("ft_avgtok", "ft_cls")
 
 
-@dataclass
-class _Member:
-    """One model of the evaluation, with what it needs to see the data."""
-
-    name: str
-    model: torch.nn.Module
-    features: FeatureConfig
-    labels: list[str] | None
-    meta: dict
-    given: bool  # a model object handed in (not read from a file)
-
-
-def _default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _members(checkpoints, geometry: dict | None) -> list[_Member]:
-    from .model import ASTModel, load_finetuned
-
-    if isinstance(checkpoints, (str, os.PathLike, torch.nn.Module)):
-        checkpoints = [checkpoints]
-    if not checkpoints:
+def _members(models, load_options: dict) -> list[tuple[Loaded, bool]]:
+    """(loaded model, handed in as an object) for each model of the evaluation."""
+    if isinstance(models, (str, os.PathLike, torch.nn.Module, Loaded)):
+        models = [models]
+    if not models:
         raise ValueError("no checkpoint or model to evaluate")
     out = []
-    for i, c in enumerate(checkpoints):
-        if isinstance(c, torch.nn.Module):
-            model, name = c, f"model {i + 1}"
+    for i, m in enumerate(models):
+        if isinstance(m, ASTModel):
+            loaded, given = from_model(m, source=f"model {i + 1}"), True
+        elif isinstance(m, Loaded):
+            loaded, given = m, True
         else:
-            model, name = load_finetuned(c, **(geometry or {})), str(c)
-        if not isinstance(model, ASTModel) or model.config.stage != "finetune":
-            raise ValueError(f"{name}: evaluation needs a fine-tuned model with a classification head")
-        labels = getattr(model, "labels", None)
-        out.append(_Member(name, model, FeatureConfig.for_model(model.config, getattr(model, "features", None)),
-                           [str(x) for x in labels] if labels is not None else None,
-                           dict(getattr(model, "meta", None) or {}), isinstance(c, torch.nn.Module)))
+            loaded, given = load(m, **load_options), False
+        out.append((loaded.require_classifier(), given))
     return out
 
 
-def _show(names: Sequence[str], limit: int = 10) -> str:
-    names = list(names)
-    more = f", ... ({len(names)} in all)" if len(names) > limit else ""
-    return ", ".join(names[:limit]) + more
+def _columns(loaded: Loaded, source: Source) -> list[int]:
+    """The model output of each label of the data (by name, or by position without names)."""
+    label_dim = loaded.config.label_dim
+    if loaded.labels is None:
+        if len(source.labels or []) != label_dim:
+            raise SourceError(source.name, f"{loaded.name} has no label names and {label_dim} outputs, but the data "
+                                           f"has {len(source.labels or [])} labels: they cannot be matched")
+        return list(range(label_dim))
+    return match_labels(source, loaded.label_ids or loaded.labels, loaded.labels, what=loaded.name)
 
 
-def match_labels(model_labels: Sequence[str] | None, label_dim: int, source: Source, model_name: str = "model") -> list[int]:
-    """For each label of ``source`` (in its order), the index of the model output with that name.
-
-    Names are compared with the source's label ids first, then with its display names. A model
-    without names is matched by position. Raises ValueError naming both vocabularies.
-    """
-    data = list(source.labels or [])
-    if model_labels is None:
-        if len(data) != label_dim:
-            raise ValueError(f"{model_name} has no label names and {label_dim} outputs, but the data "
-                             f"({source.name}) has {len(data)} labels ({_show(data)}): they cannot be matched")
-        return list(range(len(data)))
-    if len(model_labels) != label_dim:
-        raise ValueError(f"{model_name}: {len(model_labels)} label names for {label_dim} outputs")
-    index = {name: i for i, name in enumerate(model_labels)}
-    for names in (data, list(source.display_names or [])):
-        if names and all(n in index for n in names):
-            return [index[n] for n in names]
-    missing = [n for n in data if n not in index]
-    raise ValueError(f"the labels of the data ({source.name}) are not all labels of {model_name}: "
-                     f"{_show(missing)} missing. Data labels: {_show(data)}. Model labels: {_show(model_labels)}")
-
-
-def _space(members: list[_Member], source: Source) -> tuple[list[str], list[list[int]], list[int]]:
+def _space(members: list[Loaded], source: Source) -> tuple[list[str], list[list[int]], list[int]]:
     """The common label space (the first model's), each model's column order in it, and the
     position in it of each data label."""
     first = members[0]
-    label_dim = first.model.config.label_dim
-    space = first.labels if first.labels is not None else list(source.labels or [])
-    data_cols = match_labels(first.labels, label_dim, source, first.name)
+    label_dim = first.config.label_dim
+    space = first.labels if first.labels is not None else list(source.display_names or source.labels or [])
+    data_cols = _columns(first, source)
     columns = []
     for m in members:
-        dim = m.model.config.label_dim
+        dim = m.config.label_dim
         if dim != label_dim:
             raise ValueError(f"{m.name} has {dim} outputs, {first.name} has {label_dim}: an ensemble needs one label set")
         if m.labels is None or first.labels is None:
-            match_labels(m.labels, dim, source, m.name)  # checks the count against the data
+            _columns(m, source)  # checks the count against the data
             columns.append(list(range(dim)))
             continue
         if set(m.labels) != set(first.labels):
-            raise ValueError(f"{m.name} and {first.name} have different labels ({_show(sorted(set(m.labels) ^ set(first.labels)))} "
-                             "in one only): an ensemble needs one label set")
+            diff = sorted(set(m.labels) ^ set(first.labels))
+            raise ValueError(f"{m.name} and {first.name} have different labels ({', '.join(diff[:10])} in one only): "
+                             "an ensemble needs one label set")
         pos = {name: i for i, name in enumerate(m.labels)}
         columns.append([pos[name] for name in first.labels])
     return list(space), columns, data_cols
 
 
-def _resolve_multilabel(multilabel: bool | None, members: Sequence[_Member], items) -> bool:
-    """Explicit choice, else the checkpoints' meta (``multilabel`` or ``activation``), else the
-    data: multi-label when some clip has no label or several, or when the model has AudioSet's
-    527 outputs."""
+def _resolve_multilabel(multilabel: bool | None, members: Sequence[Loaded], items) -> bool:
+    """Explicit choice, else what the models say (:attr:`Loaded.multilabel`), else the data:
+    multi-label when some clip has no label or several."""
     if multilabel is not None:
         return bool(multilabel)
-    said = set()
-    for m in members:
-        if isinstance(m.meta.get("multilabel"), bool):
-            said.add(m.meta["multilabel"])
-        elif m.meta.get("activation") in ("sigmoid", "softmax"):
-            said.add(m.meta["activation"] == "sigmoid")
+    said = {m.multilabel for m in members if m.multilabel is not None}
     if len(said) == 2:
         raise ValueError("the checkpoints disagree on multi-label or single-label: choose with multilabel=True/False")
     if said:
         return said.pop()
-    if any(len(it.labels) != 1 for it in items):
-        return True
-    return members[0].model.config.label_dim == 527
+    return any(len(it.labels) != 1 for it in items)
 
 
 class _EvalDataset(AudioDataset):
@@ -172,13 +130,8 @@ def _collate(samples: list[dict]) -> dict:
     return batch
 
 
-def _activate(logits: torch.Tensor, multilabel: bool) -> torch.Tensor:
-    logits = logits.float()
-    return logits.sigmoid() if multilabel else logits.softmax(dim=-1)
-
-
 @torch.inference_mode()
-def _run_group(members: list[_Member], source: Source, features: FeatureConfig, device, *, task, multilabel,
+def _run_group(members: list[Loaded], source: Source, features: FeatureConfig, device, *, task, multilabel,
                batch_size, num_workers, progress) -> tuple[dict[int, list[torch.Tensor]], dict[int, str]]:
     """Scores of each member for each clip index, and the clips that failed to decode."""
     num_samples = frames_to_samples(features.target_length, features.sample_rate, features.frame_length_ms,
@@ -189,37 +142,33 @@ def _run_group(members: list[_Member], source: Source, features: FeatureConfig, 
     extractor = FeatureExtractor(features)
     scores: dict[int, list[torch.Tensor]] = {}
     errors: dict[int, str] = {}
-    if progress:
-        from tqdm import tqdm
-
-        loader = tqdm(loader, desc="evaluate", unit="batch", file=sys.stderr)
-    for batch in loader:
+    for batch in tqdm(loader, desc="evaluate", unit="batch", file=sys.stderr, disable=not progress):
         errors.update(batch["errors"])
         if "wave" not in batch:
             continue
         x = extractor(batch["wave"].to(device, non_blocking=True), lengths=batch["length"])  # (B, T, F)
-        outs = [_activate(m.model(x, task=task), multilabel).cpu() for m in members]  # each (B, C)
+        outs = [probabilities(m.model(x, task=task), multilabel).cpu() for m in members]  # each (B, C)
         for row, idx in enumerate(batch["index"]):
             scores[idx] = [o[row] for o in outs]
     return scores, errors
 
 
-def evaluate(checkpoints, data, *, label_csv: str | os.PathLike | None = None, batch_size: int = 16,
+def evaluate(models, data, *, label_csv: str | os.PathLike | None = None, batch_size: int = 16,
              device: str | torch.device | None = None, task: str | None = None, multilabel: bool | None = None,
-             threshold: float = 0.5, num_workers: int = 0, geometry: dict | None = None, progress: bool = False,
-             return_predictions: bool = False) -> dict:
+             threshold: float = 0.5, num_workers: int = 0, progress: bool = False,
+             return_predictions: bool = False, **load_options) -> dict:
     """Metrics of one model or an ensemble on a labelled dataset (see the module docstring).
 
-    ``checkpoints``: a path or model, or a list of them (fine-tuned checkpoints are read with
-    :func:`ssast.load_finetuned`, with ``geometry`` for released files; a model object is used as
-    it is, with its ``labels``/``features``/``meta`` attributes where set, and is put back in its
-    training mode afterwards). ``data``: a folder per class, a CSV with a label column, a JSON
-    datafile (with ``label_csv`` or a ``class_labels_indices.csv`` beside it), or a
-    :class:`~ssast.sources.Source`. ``task``: ``ft_avgtok`` or ``ft_cls`` (default: each model's
-    own). ``multilabel``: True (sigmoid scores, multi-label metrics) or False (softmax, one label
-    per clip); None: the checkpoints' meta (``multilabel`` or ``activation``) when recorded, else
-    multi-label when some clip has no label or several, or the model has AudioSet's 527 outputs.
-    ``device``: default cuda when available (for model objects: their own device).
+    ``models``: one or a list of: anything :func:`ssast.load` takes (loaded with
+    ``load_options``: strides, target length, normalization, label names), a
+    :class:`~ssast.loading.Loaded`, or an :class:`~ssast.ASTModel` (used as it is, with
+    AudioSet's normalization, and put back in its training mode afterwards). ``data``: a folder
+    per class, a CSV with a label column, a JSON datafile (with ``label_csv`` or a
+    ``class_labels_indices.csv`` beside it), or a :class:`~ssast.sources.Source`. ``task``:
+    ``ft_avgtok`` or ``ft_cls`` (default: each model's own). ``multilabel``: True (sigmoid
+    scores, multi-label metrics) or False (softmax, one label per clip); None: what the models
+    say (:attr:`ssast.loading.Loaded.multilabel`), else multi-label when some clip has no label
+    or several. ``device``: default cuda when available (for model objects: their own device).
 
     Returns a dict: ``metrics`` (of the ensemble, or of the single model), ``models`` (a list of
     ``{"name", "metrics"}``), ``multilabel``, ``task``, ``labels`` (the label space),
@@ -231,7 +180,8 @@ def evaluate(checkpoints, data, *, label_csv: str | os.PathLike | None = None, b
         raise ValueError(f"unknown task {task!r}: expected one of {', '.join(TASKS)}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    members = _members(checkpoints, geometry)
+    entries = _members(models, load_options)
+    members = [m for m, _ in entries]
     source = data if isinstance(data, Source) else read_source(data, label_csv=label_csv, labeled=True)
     if not source.labeled:
         raise SourceError(source.name, "no labels: evaluation needs a folder per class, a CSV with a label "
@@ -253,11 +203,8 @@ def evaluate(checkpoints, data, *, label_csv: str | os.PathLike | None = None, b
 
     # Each model goes to the device; model objects handed in go back to their training mode after.
     modes = [m.model.training for m in members]
-    for m in members:
-        if device is None and m.given:
-            dev = next(m.model.parameters()).device
-        else:
-            dev = torch.device(device) if device is not None else _default_device()
+    for m, given in entries:
+        dev = next(m.model.parameters()).device if device is None and given else default_device(device)
         m.model.to(dev).eval()
     groups: dict[tuple, list[int]] = {}
     for i, m in enumerate(members):
@@ -329,4 +276,4 @@ def to_json(result: dict) -> dict:
     return {k: v for k, v in result.items() if k not in ("paths", "targets", "scores", "model_scores")}
 
 
-__all__ = ["evaluate", "format_results", "match_labels", "to_json"]
+__all__ = ["evaluate", "format_results", "to_json"]

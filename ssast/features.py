@@ -32,12 +32,6 @@ BLACKMAN_COEFF = 0.42
 AUDIOSET_MEAN = -4.2677393
 AUDIOSET_STD = 4.5689974
 
-# Normalization statistics and input lengths of the official fine-tuning recipes.
-DATASET_PRESETS = {
-    "audioset": dict(mean=AUDIOSET_MEAN, std=AUDIOSET_STD, target_length=1024),
-    "esc50": dict(mean=-6.6268077, std=5.358466, target_length=512),
-    "speechcommands": dict(mean=-6.845978, std=5.5654526, target_length=128),
-}
 
 
 def fbank_reference(waveform: torch.Tensor, sample_rate: int, num_mel_bins: int = 128) -> torch.Tensor:
@@ -261,13 +255,6 @@ class FeatureConfig:
             # the model's input length decides: e.g. a released model loaded with another input_tdim
             features = cls.from_dict({**features.to_dict(), "target_length": model_config.input_tdim})
         return features
-
-    @classmethod
-    def preset(cls, dataset: str, **overrides) -> "FeatureConfig":
-        """The official recipe's mean, std and target length for ``audioset``, ``esc50``, ``speechcommands``."""
-        if dataset not in DATASET_PRESETS:
-            raise ValueError(f"no preset for {dataset!r}: expected one of {', '.join(DATASET_PRESETS)}")
-        return cls(**{**DATASET_PRESETS[dataset], **overrides})
 
 
 class FeatureExtractor:

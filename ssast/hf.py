@@ -2,7 +2,13 @@
 
 transformers' AST is the fine-tuned AST architecture: square patches, two prefix tokens (cls
 and distillation), classifier on the mean of the two (our ``ft_cls``). Models outside that
-(``ft_avgtok`` heads, frame or non-square patches, ``base_nokd``) are refused with the reason.
+(``ft_avgtok`` heads, frame or non-square patches, ``base_nokd``) are refused with the reason:
+fine-tune with ``--task ft_cls`` and 16x16 patches to export.
+
+An exported folder holds the model's own geometry (frames, strides), its normalization and label
+names (``id2label``), and ``problem_type`` (multi-label or single-label). :func:`read_folder`
+reads such a folder (ours, or an AST model saved from the hub) back as a checkpoint, without
+transformers: the loader (:func:`ssast.load`) takes it wherever a checkpoint is taken.
 Written for the transformers 5 parameter names (``layers.N.attention.q_proj``, ``mlp.fc1``).
 transformers uses one LayerNorm epsilon throughout; our classifier's LayerNorm keeps PyTorch's
 default (1e-5, as the SSAST/AST code), so exported logits differ from ours by about 1e-6.
@@ -11,16 +17,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import torch
 
+from .checkpoint import Checkpoint, CheckpointError, _load_file
 from .config import ModelConfig, size_from_width
+from .features import FeatureConfig
 from .model import ASTModel
 
 _PREFIX = "audio_spectrogram_transformer."
-# Our fine-tuned models' feature defaults (AudioSet normalisation, 16 kHz, 128 bins).
-_FEATURE_DEFAULTS = dict(sample_rate=16000, num_mel_bins=128, mean=-4.2677393, std=4.5689974)
+MODEL_TYPE = "audio-spectrogram-transformer"  # config.json's model_type
+PROBLEM_TYPES = {True: "multi_label_classification", False: "single_label_classification"}
 
 
 def _require_transformers():
@@ -37,10 +46,12 @@ def check_exportable(model: ASTModel, task: str | None = None) -> None:
     task = task or cfg.default_task
     problems = []
     if cfg.stage != "finetune":
-        problems.append("it is a pretraining-stage model (no classification head)")
-    if task != "ft_cls":
+        problems.append("it is a pretraining-stage model (no classification head): fine-tune it first (ssast "
+                        "finetune --init ... --task ft_cls), then export the fine-tuned model; or export it in the "
+                        "released format (--format released) for the official code and s3prl")
+    if cfg.stage == "finetune" and task != "ft_cls":
         problems.append(f"its head reads {task} (mean of the patch tokens); transformers' AST classifies the "
-                        "mean of the cls and distillation tokens (ft_cls)")
+                        "mean of the cls and distillation tokens (ft_cls): fine-tune with --task ft_cls to export")
     if cfg.fshape != cfg.tshape:
         problems.append(f"its patches are {cfg.fshape}x{cfg.tshape}; transformers' AST has square patches only "
                         "(frame-based models cannot be expressed)")
@@ -109,18 +120,14 @@ def from_hf_state_dict(sd: dict[str, torch.Tensor], depth: int) -> dict[str, tor
     return out
 
 
-def export_hf(model: ASTModel, out_dir: str | os.PathLike, *, labels: list[str] | None = None,
-              features: dict | None = None, task: str | None = None) -> Path:
-    """Write ``config.json``, the weights and ``preprocessor_config.json`` for transformers."""
+def export_hf(loaded, out_dir: str | os.PathLike) -> Path:
+    """Write ``config.json``, the weights and ``preprocessor_config.json`` of a loaded model
+    (:class:`ssast.loading.Loaded`) for transformers: its geometry, normalization, label names
+    and problem type."""
     transformers = _require_transformers()
-    check_exportable(model, task)
-    cfg = model.config
-    labels = labels or getattr(model, "labels", None) or [f"LABEL_{i}" for i in range(cfg.label_dim)]
-    if len(labels) != cfg.label_dim:
-        raise ValueError(f"{len(labels)} label names for a model with {cfg.label_dim} outputs")
-    feats = {**_FEATURE_DEFAULTS, **(features or getattr(model, "features", None) or {})}
-    if int(feats["num_mel_bins"]) != cfg.input_fdim:
-        raise ValueError(f"feature settings have {feats['num_mel_bins']} mel bins, the model {cfg.input_fdim}")
+    model, cfg, feats = loaded.model, loaded.config, loaded.features
+    check_exportable(model)
+    labels = loaded.label_names()
     hf_cfg = transformers.ASTConfig(
         hidden_size=cfg.embed_dim, num_hidden_layers=cfg.depth, num_attention_heads=cfg.num_heads,
         intermediate_size=int(cfg.mlp_ratio * cfg.embed_dim), hidden_act="gelu", hidden_dropout_prob=0.0,
@@ -128,41 +135,103 @@ def export_hf(model: ASTModel, out_dir: str | os.PathLike, *, labels: list[str] 
         frequency_stride=cfg.fstride, time_stride=cfg.tstride, max_length=cfg.input_tdim,
         num_mel_bins=cfg.input_fdim, id2label={i: str(n) for i, n in enumerate(labels)},
         label2id={str(n): i for i, n in enumerate(labels)},
+        problem_type=PROBLEM_TYPES.get(loaded.multilabel),
     )
     hf = transformers.ASTForAudioClassification(hf_cfg)
     hf.load_state_dict(to_hf_state_dict(model), strict=True)
     out = Path(out_dir)
     hf.save_pretrained(out)
     fe = transformers.ASTFeatureExtractor(
-        feature_size=1, sampling_rate=int(feats["sample_rate"]), num_mel_bins=cfg.input_fdim,
-        max_length=cfg.input_tdim, do_normalize=True, mean=float(feats["mean"]), std=float(feats["std"]),
+        feature_size=1, sampling_rate=feats.sample_rate, num_mel_bins=feats.num_mel_bins,
+        max_length=feats.target_length, do_normalize=True, mean=float(feats.mean), std=float(feats.std),
         return_attention_mask=False,
     )
     fe.save_pretrained(out)
-    (out / "ssast_config.json").write_text(json.dumps({"model": cfg.to_dict(), "features": feats}, indent=2))
+    extra = {"model": cfg.to_dict(), "features": feats.to_dict(), "label_ids": loaded.label_ids,
+             "multilabel": loaded.multilabel}
+    (out / SSAST_FILE).write_text(json.dumps(extra, indent=2) + "\n", encoding="utf-8")
     return out
 
 
-def import_hf(path: str | os.PathLike) -> ASTModel:
-    """An ``ASTForAudioClassification`` folder (ours or from the hub, saved locally) as an ASTModel."""
-    transformers = _require_transformers()
+SSAST_FILE = "ssast_config.json"  # the exact model and feature config, beside transformers' files
+
+
+# transformers writes AST folders with the names of its 4.x modules (the names of every AST model
+# on the hub), and renames them to its 5.x modules on loading; both spellings are read here.
+_FILE_NAMES = (
+    (re.compile(r"\.encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\."),
+     lambda m: f".layers.{m.group(1)}.attention.{m.group(2)[0]}_proj."),
+    (re.compile(r"\.encoder\.layer\.(\d+)\.attention\.output\.dense\."), lambda m: f".layers.{m.group(1)}.attention.o_proj."),
+    (re.compile(r"\.encoder\.layer\.(\d+)\.intermediate\.dense\."), lambda m: f".layers.{m.group(1)}.mlp.fc1."),
+    (re.compile(r"\.encoder\.layer\.(\d+)\.output\.dense\."), lambda m: f".layers.{m.group(1)}.mlp.fc2."),
+    (re.compile(r"\.encoder\.layer\.(\d+)\."), lambda m: f".layers.{m.group(1)}."),
+)
+
+
+def _module_names(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict of an AST folder under the names :func:`from_hf_state_dict` reads."""
+    out = {}
+    for k, v in sd.items():
+        k = k[len("model."):] if k.startswith("model.") else k
+        for pattern, repl in _FILE_NAMES:
+            k = pattern.sub(repl, k)
+        out[k] = v
+    return out
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    st, pt = path / "model.safetensors", path / "pytorch_model.bin"
+    if st.is_file():
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(st))
+        except Exception as e:  # safetensors raises its own error types for a damaged file
+            raise CheckpointError(st, f"unreadable safetensors file ({e})") from None
+    if pt.is_file():
+        return _load_file(pt)
+    raise CheckpointError(path, "Hugging Face folder without weights (model.safetensors or pytorch_model.bin)")
+
+
+def read_folder(path: str | os.PathLike) -> Checkpoint:
+    """An ``ASTForAudioClassification`` folder as a checkpoint (format ``hf``), fine-tuning stage."""
     path = Path(path)
-    hf = transformers.ASTForAudioClassification.from_pretrained(path)
-    c = hf.config
-    cfg = ModelConfig(
-        embed_dim=c.hidden_size, depth=c.num_hidden_layers, num_heads=c.num_attention_heads,
-        num_prefix_tokens=2, mlp_ratio=c.intermediate_size / c.hidden_size, fshape=c.patch_size,
-        tshape=c.patch_size, fstride=c.frequency_stride, tstride=c.time_stride, input_fdim=c.num_mel_bins,
-        input_tdim=c.max_length, label_dim=c.num_labels,
-        model_size=size_from_width(c.hidden_size, 2) or "custom", stage="finetune", default_task="ft_cls",
-        norm_eps=c.layer_norm_eps,
-    )
-    model = ASTModel(config=cfg)
-    model.load_state_dict(from_hf_state_dict(hf.state_dict(), cfg.depth), strict=True)
-    model.labels = [c.id2label[i] for i in range(c.num_labels)]
-    fe_file = path / "preprocessor_config.json"
-    if fe_file.exists():
-        fe = json.loads(fe_file.read_text())
-        model.features = {"sample_rate": fe.get("sampling_rate", 16000), "num_mel_bins": fe.get("num_mel_bins", 128),
-                          "mean": fe.get("mean"), "std": fe.get("std"), "target_length": fe.get("max_length")}
-    return model.eval()
+    try:
+        c = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        fe = json.loads((path / "preprocessor_config.json").read_text(encoding="utf-8")) \
+            if (path / "preprocessor_config.json").is_file() else {}
+        ours = json.loads((path / SSAST_FILE).read_text(encoding="utf-8")) if (path / SSAST_FILE).is_file() else {}
+        hidden, depth = int(c["hidden_size"]), int(c["num_hidden_layers"])
+        id2label = {int(k): str(v) for k, v in (c.get("id2label") or {}).items()}
+        cfg = ModelConfig(
+            embed_dim=hidden, depth=depth, num_heads=int(c["num_attention_heads"]), num_prefix_tokens=2,
+            mlp_ratio=int(c["intermediate_size"]) / hidden, fshape=int(c.get("patch_size", 16)),
+            tshape=int(c.get("patch_size", 16)), fstride=int(c.get("frequency_stride", 10)),
+            tstride=int(c.get("time_stride", 10)), input_fdim=int(c.get("num_mel_bins", 128)),
+            input_tdim=int(c.get("max_length", 1024)), label_dim=len(id2label) or int(c.get("num_labels", 2)),
+            model_size=size_from_width(hidden, 2) or "custom", stage="finetune", default_task="ft_cls",
+            norm_eps=float(c.get("layer_norm_eps", 1e-12)),
+        )
+        if ours.get("model"):  # our own export: the exact config (model size name, default task)
+            cfg = ModelConfig.from_dict(ours["model"])
+        features = FeatureConfig(sample_rate=int(fe.get("sampling_rate", 16000)), num_mel_bins=cfg.input_fdim,
+                                 mean=float(fe.get("mean", -4.2677393)), std=float(fe.get("std", 4.5689974)),
+                                 target_length=int(fe.get("max_length", cfg.input_tdim)))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(path, f"not a readable Hugging Face AST folder ({type(e).__name__}: {e})") from None
+    sd = _module_names(_weights(path))
+    try:
+        state = from_hf_state_dict(sd, depth)
+    except KeyError as e:
+        raise CheckpointError(path, f"missing weight {e.args[0]} in the Hugging Face folder") from None
+    meta = {"source": "hf"}
+    problem = c.get("problem_type")
+    multilabel = ours.get("multilabel")
+    if multilabel is None and problem in PROBLEM_TYPES.values():
+        multilabel = problem == PROBLEM_TYPES[True]
+    if multilabel is not None:
+        meta["multilabel"] = bool(multilabel)
+    if ours.get("label_ids"):
+        meta["label_ids"] = ours["label_ids"]
+    labels = [id2label[i] for i in range(cfg.label_dim)] if len(id2label) == cfg.label_dim else None
+    return Checkpoint(str(path), "hf", cfg, state, features=features.to_dict(), labels=labels, meta=meta)

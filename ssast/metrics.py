@@ -34,10 +34,16 @@ fraction whose highest-scoring class is one of the clip's labels (top-1 hit rate
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import numpy as np
 import torch
+
+
+def probabilities(logits: torch.Tensor, multilabel: bool) -> torch.Tensor:
+    """Scores of (B, C) logits, in float32: sigmoid for multi-label models, softmax otherwise."""
+    logits = logits.float()
+    return logits.sigmoid() if multilabel else logits.softmax(dim=-1)
 
 METRIC_KEYS = ("acc", "mAP", "mAUC", "d_prime", "precision", "recall", "f1", "precision_micro",
                "recall_micro", "f1_micro", "num_clips", "num_classes_ap", "num_classes_auc")
@@ -218,8 +224,3 @@ def cumulative_ensemble(predictions_per_epoch: Iterable, targets, *, multilabel:
     if not out:
         raise ValueError("no predictions given")
     return out
-
-
-def format_metrics(metrics: dict, keys: Sequence[str] = ("acc", "mAP", "mAUC", "d_prime", "precision", "recall")) -> str:
-    """One line: ``acc 0.8125  mAP 0.7020 ...``."""
-    return "  ".join(f"{k} {metrics[k]:.4f}" for k in keys if k in metrics)

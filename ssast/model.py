@@ -14,8 +14,7 @@ import torch
 import torch.nn as nn
 
 from . import masking
-from .checkpoint import Checkpoint, CheckpointError, read_checkpoint
-from .config import ModelConfig, canonical_size, size_from_width
+from .config import ModelConfig, grid_size
 from .encoder import ASTEncoder
 from .objectives import (
     identified_patches,
@@ -24,7 +23,6 @@ from .objectives import (
     patchify,
     unpatchify,
 )
-from .posembed import resample_pos_embed
 
 FINETUNE_TASKS = ("ft_avgtok", "ft_cls")
 PRETRAIN_TASKS = ("pretrain_mpc", "pretrain_mpg", "pretrain_joint", "visualize_mask")
@@ -102,17 +100,12 @@ class ASTModel(nn.Module):
         config.validate()
         self.config = config
         self._build()
+        if load_pretrained_mdl_path is not None or imagenet_pretrain or audioset_pretrain:
+            # The facade of the SSAST README over the one loader (which builds ASTModels itself,
+            # hence imported here rather than at the top).
+            from .loading import initialize
 
-        if load_pretrained_mdl_path is not None:
-            self.load_from(load_pretrained_mdl_path)
-        elif imagenet_pretrain or audioset_pretrain:
-            from . import pretrained
-
-            if imagenet_pretrain:
-                state, src_grid, path = pretrained.imagenet_encoder_state(model_size, config)
-                self._load_encoder(state, src_grid, source=path)
-            else:
-                self.load_from(pretrained.audioset_checkpoint())
+            initialize(self, load_pretrained_mdl_path, imagenet=imagenet_pretrain, audioset=audioset_pretrain)
 
     # ------------------------------------------------------------------ construction
     def _build(self) -> None:
@@ -135,89 +128,6 @@ class ASTModel(nn.Module):
     def stage(self) -> str:
         return self.config.stage
 
-    def load_from(self, path: str | os.PathLike | Checkpoint, *, keep_head: bool = False) -> None:
-        """Initialise from a checkpoint, adapting its positional grid to this model's.
-
-        A pretraining model takes the encoder, mask token and heads (the file must be a
-        pretraining checkpoint); a fine-tuning model takes the encoder, and with ``keep_head``
-        the file's classification head too (which must then be there and fit).
-        """
-        ckpt = path if isinstance(path, Checkpoint) else read_checkpoint(
-            path, fstride=self.config.fstride, tstride=self.config.tstride, input_fdim=self.config.input_fdim
-        )
-        cfg, src = self.config, ckpt.config
-        if (src.fshape, src.tshape) != (cfg.fshape, cfg.tshape):
-            raise CheckpointError(
-                ckpt.path,
-                f"patch shape mismatch: the checkpoint has {src.fshape}x{src.tshape} patches, the model "
-                f"asks for fshape={cfg.fshape}, tshape={cfg.tshape}",
-            )
-        if (src.embed_dim, src.num_prefix_tokens, src.depth) != (cfg.embed_dim, cfg.num_prefix_tokens, cfg.depth):
-            have = size_from_width(src.embed_dim, src.num_prefix_tokens) or "custom"
-            raise CheckpointError(
-                ckpt.path,
-                f"model size mismatch: the checkpoint holds a {have!r} model (width {src.embed_dim}, "
-                f"{src.depth} blocks, {src.num_prefix_tokens} prefix tokens), the model asks for "
-                f"{cfg.model_size!r} (width {cfg.embed_dim}, {cfg.depth} blocks, {cfg.num_prefix_tokens} prefix tokens)",
-            )
-        if cfg.stage == "pretrain" and ckpt.stage != "pretrain":
-            raise CheckpointError(ckpt.path, "continuing pretraining needs a pretraining checkpoint; this one has no pretraining heads")
-        src_grid = self._source_grid(ckpt)
-        state = dict(ckpt.state)
-        extra = {}
-        if cfg.stage == "pretrain":
-            extra = {k: state.pop(k) for k in list(state) if not k.startswith("v.")}
-        else:
-            head = {k: state.pop(k) for k in list(state) if k.startswith("mlp_head.")}
-            for k in [k for k in state if k.startswith(("mask_embed", "cpredlayer.", "gpredlayer."))]:
-                del state[k]  # pretraining heads: not part of a fine-tuning model
-            if keep_head:
-                extra = head
-        unexpected = [k for k in state if not k.startswith("v.")]
-        if unexpected:
-            raise CheckpointError(ckpt.path, f"unexpected keys: {', '.join(sorted(unexpected))}")
-        self._load_encoder({k[2:]: v for k, v in state.items()}, src_grid, source=ckpt.path)
-        if cfg.stage == "pretrain" or keep_head:
-            self._load_strict(extra, ckpt.path, prefix_filter=lambda k: not k.startswith("v."))
-
-    def _source_grid(self, ckpt: Checkpoint) -> tuple[int, int]:
-        from .checkpoint import infer_grid
-
-        src = ckpt.config
-        pos = ckpt.state.get("v.pos_embed")
-        if pos is None:
-            raise CheckpointError(ckpt.path, "missing keys: v.pos_embed")
-        if ckpt.format == "ssast" or ckpt.pretrain_input is not None:
-            grid = src.grid
-            if pos.shape[1] != src.num_prefix_tokens + grid[0] * grid[1]:
-                raise CheckpointError(ckpt.path, f"v.pos_embed has {pos.shape[1]} positions, but its config describes a {grid[0]}x{grid[1]} grid")
-            return grid
-        return infer_grid(src, pos.shape[1], ckpt.path)
-
-    def _load_encoder(self, state: dict[str, torch.Tensor], src_grid: tuple[int, int], source: str) -> None:
-        state = dict(state)
-        if "pos_embed" in state:
-            state["pos_embed"] = resample_pos_embed(
-                state["pos_embed"].float(), self.num_prefix_tokens, src_grid, self.config.grid
-            )
-        self._load_strict({f"v.{k}": v for k, v in state.items()}, source, prefix_filter=lambda k: k.startswith("v."))
-
-    def _load_strict(self, state: dict[str, torch.Tensor], source, prefix_filter) -> None:
-        own = {k: v for k, v in self.state_dict().items() if prefix_filter(k)}
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        if missing or unexpected:
-            parts = []
-            if missing:
-                parts.append("missing keys: " + ", ".join(missing))
-            if unexpected:
-                parts.append("unexpected keys: " + ", ".join(unexpected))
-            raise CheckpointError(source, "; ".join(parts))
-        bad = [f"{k} {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in state.items() if v.shape != own[k].shape]
-        if bad:
-            raise CheckpointError(source, "shape mismatch: " + "; ".join(bad))
-        self.load_state_dict(state, strict=False)
-
     # ------------------------------------------------------------------ building blocks
     def spectrogram(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T frames, F bins) -> (B, 1, F, T), checking the size against the config."""
@@ -229,8 +139,6 @@ class ASTModel(nn.Module):
         return x.unsqueeze(1).transpose(2, 3)
 
     def _check_grid(self, spec: torch.Tensor) -> None:
-        from .config import grid_size
-
         cfg = self.config
         t = grid_size(spec.shape[-1], cfg.tshape, cfg.tstride)
         if t != cfg.t_dim:
@@ -303,7 +211,6 @@ class ASTModel(nn.Module):
             mask_index = self.make_mask(b, mask_patch, cluster=cluster, generator=generator, device=spec.device)
         else:
             mask_index = self._check_mask_index(mask_index, b, spec.device)
-        m = mask_index.shape[1]
         target = patchify(spec, cfg.fshape, cfg.tshape)  # (B, N, K)
         target = target.gather(1, mask_index[..., None].expand(-1, -1, target.shape[-1]))  # (B, M, K)
         tokens = self.v.patch_embed(spec)  # (B, N, D)
@@ -393,78 +300,4 @@ class ASTModel(nn.Module):
         self.v.set_grad_checkpointing(enable)
 
 
-def build_finetune_config(
-    ckpt: Checkpoint,
-    *,
-    fshape: int | None,
-    tshape: int | None,
-    fstride: int | None,
-    tstride: int | None,
-    input_fdim: int | None,
-    input_tdim: int | None,
-) -> ModelConfig:
-    """Fine-tuning geometry for a whole fine-tuned checkpoint; unset values come from the file."""
-    src = ckpt.config
-    given = dict(fshape=fshape, tshape=tshape, fstride=fstride, tstride=tstride, input_fdim=input_fdim, input_tdim=input_tdim)
-    if ckpt.format == "released":
-        defaults = dict(fshape=16, tshape=16, fstride=10, tstride=10, input_fdim=128, input_tdim=1024)
-    else:
-        defaults = {k: getattr(src, k) for k in given}
-    geo = {k: (v if v is not None else defaults[k]) for k, v in given.items()}
-    if (geo["fshape"], geo["tshape"]) != (src.fshape, src.tshape):
-        raise CheckpointError(
-            ckpt.path,
-            f"patch shape mismatch: the checkpoint has {src.fshape}x{src.tshape} patches, "
-            f"fshape={geo['fshape']}, tshape={geo['tshape']} were asked for",
-        )
-    default_task = src.default_task if ckpt.format == "ssast" else "ft_cls"
-    return src.replace(stage="finetune", default_task=default_task, **geo)
-
-
-def load_finetuned(
-    path: str | os.PathLike,
-    fshape: int | None = None,
-    tshape: int | None = None,
-    fstride: int | None = None,
-    tstride: int | None = None,
-    input_fdim: int | None = None,
-    input_tdim: int | None = None,
-) -> ASTModel:
-    """A ready fine-tuned model from a whole checkpoint, in eval mode.
-
-    Reads the released AST models (``audioset_10_10_0.4593.pth``,
-    ``speechcommands_10_10_0.9812.pth``, ...), SSAST models fine-tuned by the official recipes,
-    and the project's own checkpoints. Model size and label count come from the weights. For
-    released files the geometry defaults to 16x16 patches, stride 10x10, 128 x 1024 input
-    (AST's AudioSet setting); for project files it comes from the file. If the requested input
-    length gives a different time grid than the weights were trained on, the positional
-    embedding is cropped or interpolated along time.
-    Released AST models are called with ``task='ft_cls'``, the default of the returned model.
-    """
-    ckpt = read_checkpoint(path, fstride=fstride or 10, tstride=tstride or 10, input_fdim=input_fdim or 128)
-    if ckpt.stage != "finetune" or not any(k.startswith("mlp_head.") for k in ckpt.state):
-        raise CheckpointError(
-            path, "not a fine-tuned model: it has no classification head 'mlp_head' (a pretraining "
-            "checkpoint is loaded with ASTModel(..., pretrain_stage=False, load_pretrained_mdl_path=...))"
-        )
-    cfg = build_finetune_config(ckpt, fshape=fshape, tshape=tshape, fstride=fstride, tstride=tstride,
-                                input_fdim=input_fdim, input_tdim=input_tdim)
-    cfg.validate()
-    model = ASTModel(config=cfg)
-    model.load_from(ckpt, keep_head=True)
-    model.labels, model.features, model.meta = ckpt.labels, ckpt.features, ckpt.meta
-    return model.eval()
-
-
-def load_model(path: str | os.PathLike) -> ASTModel:
-    """Any project checkpoint or released file as saved, pretraining or fine-tuning stage."""
-    ckpt = read_checkpoint(path)
-    if ckpt.stage == "finetune":
-        return load_finetuned(path)
-    model = ASTModel(config=ckpt.config)
-    model.load_from(ckpt)
-    model.labels, model.features, model.meta = ckpt.labels, ckpt.features, ckpt.meta
-    return model
-
-
-__all__ = ["ASTModel", "MaskVisualization", "load_finetuned", "load_model", "canonical_size"]
+__all__ = ["ASTModel", "MaskVisualization"]

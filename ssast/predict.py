@@ -1,16 +1,11 @@
 """Running a fine-tuned model over recordings: sliding windows, scores, detections, summaries.
 
-A recording of any length is read block by block (never whole), downmixed to mono and
-resampled to the model's rate as it streams, and cut into windows of ``window`` seconds every
-``hop`` seconds. Windows start at 0, hop, 2 hop, ...; the last window is the first one that
-reaches the end of the file. When it runs past the end it holds fewer samples and is marked
-``padded``: its fbank is zero-padded to the model's input length, as the recipes pad clips
-shorter than the input. A trailing window with less audio than one 25 ms analysis frame is
-left out (unless it is the only one).
-
+Recordings are streamed and cut into windows of ``window`` seconds every ``hop`` seconds by
+:mod:`ssast.stream` (a window that runs past the end of a file is marked ``padded``: its fbank
+is zero-padded to the model's input length, as the recipes pad clips shorter than the input).
 Windows from one or more files are batched and scored on the device under
 ``torch.inference_mode``. Scores are probabilities: sigmoid for multi-label models, softmax for
-single-label ones (see :func:`resolve_activation`). Per label, windows scoring at least the
+single-label ones (:func:`resolve_activation`). Per label, windows scoring at least the
 threshold whose time spans overlap or touch (or lie within ``merge_gap`` seconds) are merged
 into one detection. Each file gets a summary: duration, per label whether and when it was
 detected, and the file's metadata (AudioMoth's device id, time, gain, battery and temperature
@@ -25,336 +20,28 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
-import math
 import os
-import queue
 import re
 import sys
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
-import soundfile as sf
 import torch
+from tqdm import tqdm
 
-from .audio import AudioError, is_audio_file
-from .features import FeatureConfig, FeatureExtractor, frame_geometry, num_frames
+from .audio import AudioError
+from .device import default_device
+from .features import FeatureExtractor, frame_geometry, num_frames
+from .loading import Loaded, load
+from .metrics import probabilities
+from .stream import FileEnd, FileFailed, FileStart, Recording, Rows, collect_inputs, run_windows, window_spans
 
 ACTIVATIONS = ("auto", "sigmoid", "softmax")
 FORMATS = ("csv", "json", "raven")
-AUDIOSET_LABELS = 527
-# Source samples of context on each side of a resampled block; the sinc kernel of torchaudio's
-# resampler (6 zero crossings, rolloff 0.99) spans at most a few dozen source samples.
-RESAMPLE_CONTEXT = 512
 RAVEN_COLUMNS = ("Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)",
                  "High Freq (Hz)", "Annotation", "Max Score", "Mean Score", "Windows")
-
-
-# ----------------------------------------------------------------------------- inputs
-
-def collect_inputs(paths: Iterable[str | os.PathLike] = (), *, recursive: bool = True,
-                   list_file: str | os.PathLike | None = None) -> tuple[list[str], list[tuple[str, str]]]:
-    """Audio files from files, folders and a text list of paths: (files, problems).
-
-    Folders are searched for audio files (recursively unless ``recursive=False``). The list
-    file holds one path per line (a file or a folder); blank lines and lines starting with
-    ``#`` are ignored; relative paths are taken from the list file's folder. Paths that do not
-    exist, and folders without audio, come back as (path, problem) pairs. Files are returned in
-    the order given, folders sorted, each file once.
-    """
-    entries = [str(p) for p in paths]
-    problems: list[tuple[str, str]] = []
-    if list_file is not None:
-        lp = Path(list_file)
-        try:
-            lines = lp.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as e:
-            raise ValueError(f"{list_file}: cannot read the list of paths ({e})") from None
-        for line in lines:
-            line = line.strip()
-            if line and not line.startswith("#"):
-                q = Path(os.path.expanduser(line))
-                entries.append(str(q if q.is_absolute() else lp.parent / q))
-    files: list[str] = []
-    seen: set[str] = set()
-
-    def add(p: Path) -> None:
-        key = os.path.realpath(p)
-        if key not in seen:
-            seen.add(key)
-            files.append(str(p))
-
-    for e in entries:
-        p = Path(e)
-        if p.is_dir():
-            found = sorted(q for q in (p.rglob("*") if recursive else p.iterdir()) if q.is_file() and is_audio_file(q))
-            if not found:
-                problems.append((e, "folder holds no audio files" + ("" if recursive else " (not searched recursively)")))
-            for q in found:
-                add(q)
-        elif p.is_file():
-            add(p)  # any file named explicitly is tried, whatever its extension
-        else:
-            problems.append((e, "no such file or folder"))
-    return files, problems
-
-
-# ----------------------------------------------------------------------------- windows
-
-def window_spans(num_samples: int, window: int, hop: int, min_samples: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """(starts, lengths) in samples of the windows over a recording of ``num_samples``.
-
-    Windows start every ``hop`` samples; the last is the first that reaches the end (it holds
-    ``length < window`` samples when it runs past the end). A trailing window shorter than
-    ``min_samples`` is dropped unless it is the only one; a recording shorter than
-    ``min_samples`` has no window.
-    """
-    if window < 1 or hop < 1:
-        raise ValueError(f"window and hop must be at least one sample, got {window} and {hop}")
-    n = 0 if num_samples < window else (num_samples - window) // hop + 1  # full windows
-    start = n * hop
-    if start < num_samples and (n == 0 or (n - 1) * hop + window < num_samples):
-        if num_samples - start >= min_samples:
-            n += 1
-    starts = np.arange(n, dtype=np.int64) * hop
-    return starts, np.minimum(window, num_samples - starts)
-
-
-def _windows(blocks: Iterable[torch.Tensor], window: int, hop: int, min_samples: int):
-    """Cut a stream of mono blocks into windows: yields (index, start, length, samples (window,)).
-
-    Equal to :func:`window_spans` on the concatenated stream, holding at most about one window
-    plus one block in memory. A partial last window is zero-padded to ``window`` samples.
-    """
-    buf = torch.zeros(0)
-    buf_start = total = k = 0
-    for block in blocks:
-        buf = torch.cat([buf, block]) if buf.numel() else block
-        total += block.numel()
-        while k * hop + window <= total:
-            s = k * hop - buf_start
-            yield k, k * hop, window, buf[s:s + window].clone()
-            k += 1
-        drop = min(k * hop - buf_start, buf.numel())  # samples no later window needs
-        if drop > 0:
-            buf, buf_start = buf[drop:], buf_start + drop
-    starts, lengths = window_spans(total, window, hop, min_samples)
-    if len(starts) > k:  # the padded last window
-        s0, n = int(starts[k]), int(lengths[k])
-        out = torch.zeros(window)
-        out[:n] = buf[s0 - buf_start:s0 - buf_start + n]
-        yield k, s0, n, out
-    elif not len(starts):
-        raise AudioError(None, f"too short: {total} samples, at least {min_samples} needed for one frame")
-
-
-# ----------------------------------------------------------------------------- streaming audio
-
-class _StreamResampler:
-    """Resamples a stream block by block, giving the same samples as resampling it whole.
-
-    Each block is resampled with ``RESAMPLE_CONTEXT`` source samples of context on each side,
-    and only the outputs whose kernel lies inside the block's context are kept. Block edges sit
-    on multiples of ``orig / gcd`` source samples, where output samples fall on whole indices.
-    """
-
-    def __init__(self, orig: int, new: int):
-        import torchaudio
-
-        g = math.gcd(orig, new)
-        self.o, self.n = orig // g, new // g
-        self.ctx = -(-RESAMPLE_CONTEXT // self.o) * self.o
-        self.resample = torchaudio.transforms.Resample(orig, new)  # keeps its kernel between calls
-        self.buf = torch.zeros(0)
-        self.buf_start = 0  # source index of buf[0]
-        self.next = 0  # first source index whose output is still owed; a multiple of o
-
-    def _emit(self, a: int, b: int | None, stop: int) -> torch.Tensor:
-        s0 = max(a - self.ctx, 0)
-        y = self.resample(self.buf[s0 - self.buf_start:stop - self.buf_start])
-        off = (a - s0) * self.n // self.o
-        return y[off:] if b is None else y[off:off + (b - a) * self.n // self.o]
-
-    def push(self, x: torch.Tensor) -> torch.Tensor:
-        self.buf = torch.cat([self.buf, x])
-        end = self.buf_start + self.buf.numel()
-        b = (end - self.ctx) // self.o * self.o
-        if b <= self.next:
-            return torch.zeros(0)
-        out = self._emit(self.next, b, end)
-        self.next = b
-        keep = max(b - self.ctx, 0)
-        self.buf, self.buf_start = self.buf[keep - self.buf_start:], keep
-        return out
-
-    def flush(self) -> torch.Tensor:
-        end = self.buf_start + self.buf.numel()
-        if end <= self.next:
-            return torch.zeros(0)
-        return self._emit(self.next, None, end)
-
-
-class Recording:
-    """An audio file read block by block as a mono float32 stream at ``sample_rate``.
-
-    The header (rate, channels, length, format, tags) is read on opening; :meth:`blocks`
-    streams the samples. Problems raise :class:`~ssast.audio.AudioError` naming the file.
-    """
-
-    def __init__(self, path: str | os.PathLike, sample_rate: int = 16000, block_seconds: float = 60.0):
-        self.path = str(path)
-        self.sample_rate = sample_rate
-        self.block_seconds = block_seconds
-        if os.path.isdir(self.path):
-            raise AudioError(self.path, "is a directory, not an audio file")
-        try:
-            self._file = sf.SoundFile(self.path)
-        except FileNotFoundError:
-            raise AudioError(self.path, "no such file") from None
-        except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, EOFError) as e:
-            raise AudioError(self.path, f"unreadable audio ({str(e).strip() or type(e).__name__})") from None
-        f = self._file
-        self.source_rate, self.channels, self.frames = f.samplerate, f.channels, f.frames
-        self.format, self.subtype = f.format, f.subtype
-        try:
-            self.tags = {k: v for k, v in f.copy_metadata().items() if v}
-        except (sf.LibsndfileError, RuntimeError, UnicodeDecodeError):
-            self.tags = {}
-        if self.frames <= 0:
-            self.close()
-            raise AudioError(self.path, "empty audio (0 samples)")
-        self.samples_read = 0  # source frames read so far
-
-    @property
-    def num_samples(self) -> int:
-        """Samples at ``sample_rate`` the file gives (torchaudio's resampled length), from the header."""
-        g = math.gcd(self.source_rate, self.sample_rate)
-        return -(-self.frames * (self.sample_rate // g) // (self.source_rate // g))
-
-    @property
-    def duration(self) -> float:
-        return self.frames / self.source_rate
-
-    @property
-    def samples_out(self) -> int:
-        """Samples at ``sample_rate`` streamed so far (all of them once :meth:`blocks` is exhausted)."""
-        g = math.gcd(self.source_rate, self.sample_rate)
-        return -(-self.samples_read * (self.sample_rate // g) // (self.source_rate // g))
-
-    def blocks(self) -> Iterator[torch.Tensor]:
-        f = self._file
-        rs = _StreamResampler(self.source_rate, self.sample_rate) if self.source_rate != self.sample_rate else None
-        step = rs.o if rs else 1
-        size = max(1, round(self.block_seconds * self.source_rate / step)) * step
-        while True:
-            try:
-                data = f.read(size, dtype="float32", always_2d=True)  # (frames, channels)
-            except (sf.LibsndfileError, RuntimeError, ValueError, EOFError) as e:
-                raise AudioError(self.path, f"read error after {self.samples_read / self.source_rate:.2f} s "
-                                            f"({str(e).strip() or type(e).__name__})") from None
-            if not len(data):
-                break
-            mono = torch.from_numpy(data.mean(axis=1) if data.shape[1] > 1 else data[:, 0].copy())  # downmix
-            if not torch.isfinite(mono).all():
-                raise AudioError(self.path, "audio contains NaN or infinite samples "
-                                            f"after {self.samples_read / self.source_rate:.2f} s")
-            self.samples_read += len(mono)
-            out = rs.push(mono) if rs else mono
-            if out.numel():
-                yield out
-        if self.samples_read == 0:
-            raise AudioError(self.path, "empty audio (0 samples)")
-        if rs:
-            tail = rs.flush()
-            if tail.numel():
-                yield tail
-
-    def info(self) -> dict:
-        """File facts and metadata for the summary."""
-        meta = {"sample_rate": self.source_rate, "channels": self.channels, "frames": self.frames,
-                "format": self.format, "subtype": self.subtype}
-        meta.update(describe_tags(self.tags))
-        return meta
-
-    def close(self) -> None:
-        self._file.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-# ----------------------------------------------------------------------------- metadata
-
-_AM_TIME = re.compile(r"Recorded at (\d{1,2}):(\d{2}):(\d{2}) (\d{1,2})/(\d{1,2})/(\d{4})"
-                      r"(?: \(UTC(?:([+-])(\d{1,2})(?::?(\d{2}))?)?\))?")
-_AM_DEVICE = re.compile(r"by AudioMoth ([0-9A-Fa-f]{16})")
-_AM_GAIN = re.compile(r"at ([A-Za-z-]+) gain|gain setting (\d+)")
-_AM_BATTERY = re.compile(r"battery (?:state )?was (?:(less|greater) than )?(\d+(?:\.\d+)?) ?V")
-_AM_TEMPERATURE = re.compile(r"temperature was (-?\d+(?:\.\d+)?) ?C")
-
-
-def parse_audiomoth_comment(text: str) -> dict:
-    """The fields of an AudioMoth comment, those present only.
-
-    AudioMoth firmware writes e.g. ``Recorded at 14:23:05 12/05/2023 (UTC+1) by AudioMoth
-    24E144085F256A23 at medium gain while battery was 4.2V and temperature was 21.3C.`` (date
-    day/month/year; older firmware: ``at gain setting 2 while battery state was 4.3V``; the
-    battery may read ``less than 3.6V`` or ``greater than 4.9V``). Returns ``recorded_at`` (ISO
-    8601 with the UTC offset when given), ``device_id``, ``gain``, ``battery_v`` (with
-    ``battery_bound`` "less"/"greater" when the firmware gave one) and ``temperature_c``.
-    """
-    out: dict = {}
-    if m := _AM_TIME.search(text):
-        hh, mm, ss, day, month, year, sign, oh, om = m.groups()
-        tz = None
-        if m.group(0).endswith(")"):  # "(UTC)" or "(UTC+h[:mm])"
-            offset = dt.timedelta(hours=int(oh or 0), minutes=int(om or 0))
-            tz = dt.timezone(-offset if sign == "-" else offset)
-        try:
-            out["recorded_at"] = dt.datetime(int(year), int(month), int(day), int(hh), int(mm), int(ss),
-                                             tzinfo=tz).isoformat()
-        except ValueError:
-            pass  # an impossible date: keep the other fields and the raw comment
-    if m := _AM_DEVICE.search(text):
-        out["device_id"] = m.group(1).upper()
-    if m := _AM_GAIN.search(text):
-        out["gain"] = m.group(1) or m.group(2)
-    if m := _AM_BATTERY.search(text):
-        out["battery_v"] = float(m.group(2))
-        if m.group(1):
-            out["battery_bound"] = m.group(1)
-    if m := _AM_TEMPERATURE.search(text):
-        out["temperature_c"] = float(m.group(1))
-    return out
-
-
-def describe_tags(tags: dict[str, str]) -> dict:
-    """Summary metadata from a file's tags (libsndfile's: RIFF INFO chunk, Vorbis comments).
-
-    Keeps every tag under ``tags`` (the raw ``comment`` included) and adds the fields parsed
-    from an AudioMoth comment under ``audiomoth``.
-    """
-    out: dict = {}
-    if tags:
-        out["tags"] = dict(tags)
-    comment = tags.get("comment", "")
-    if "AudioMoth" in comment or "AudioMoth" in tags.get("artist", ""):
-        parsed = parse_audiomoth_comment(comment)
-        if "device_id" not in parsed and (m := re.search(r"AudioMoth ([0-9A-Fa-f]{16})", tags.get("artist", ""))):
-            parsed["device_id"] = m.group(1).upper()
-        out["audiomoth"] = parsed
-    return out
-
-
-def read_metadata(path: str | os.PathLike) -> dict:
-    """File facts and parsed tags of one audio file (see :meth:`Recording.info`)."""
-    with Recording(path) as rec:
-        return rec.info()
 
 
 # ----------------------------------------------------------------------------- detections
@@ -523,83 +210,41 @@ class PredictionRun:
                 "errors": self.errors}
 
 
+
 # ----------------------------------------------------------------------------- the model
 
-def resolve_activation(activation: str, label_dim: int, meta: dict | None = None) -> str:
+def resolve_activation(activation: str, multilabel: bool | None) -> str:
     """``sigmoid`` or ``softmax`` for ``activation='auto'`` (or the one asked for).
 
-    ``auto``: the checkpoint's meta decides when it records ``activation`` or ``multilabel``;
-    otherwise sigmoid for a 527-label (AudioSet, multi-label) model and softmax for any other
-    label count (single-label tasks such as ESC-50 and Speech Commands).
+    ``auto``: sigmoid for a multi-label model (:attr:`ssast.loading.Loaded.multilabel`: from the
+    checkpoint, or known for released AudioSet models), softmax otherwise.
     """
     if activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}: expected one of {', '.join(ACTIVATIONS)}")
     if activation != "auto":
         return activation
-    meta = meta or {}
-    if meta.get("activation") in ("sigmoid", "softmax"):
-        return meta["activation"]
-    if isinstance(meta.get("multilabel"), bool):
-        return "sigmoid" if meta["multilabel"] else "softmax"
-    return "sigmoid" if label_dim == AUDIOSET_LABELS else "softmax"
-
-
-def _default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return "sigmoid" if multilabel else "softmax"
 
 
 class Predictor:
-    """A fine-tuned model with its feature settings, label names and score activation.
+    """A loaded fine-tuned model (:func:`ssast.load`) on a device, scoring batches of windows."""
 
-    ``features``: a :class:`~ssast.features.FeatureConfig` or its dict (a checkpoint's
-    ``features``); default AudioSet settings. Its ``target_length`` is set to the model's
-    ``input_tdim`` and its ``num_mel_bins`` must equal ``input_fdim``.
-    """
-
-    def __init__(self, model: torch.nn.Module, *, features: FeatureConfig | dict | None = None,
-                 labels: Sequence[str] | None = None, activation: str = "auto", meta: dict | None = None,
-                 device: str | torch.device | None = None, bf16: bool = False):
-        cfg = model.config
-        if cfg.stage != "finetune":
-            raise ValueError("prediction needs a fine-tuned model with a classification head")
-        features = FeatureConfig.for_model(cfg, features)
-        self.features = features
-        self.extractor = FeatureExtractor(features)
-        if labels is None:
-            labels = [f"LABEL_{i}" for i in range(cfg.label_dim)]
-        labels = [str(x) for x in labels]
-        if len(labels) != cfg.label_dim:
-            raise ValueError(f"{len(labels)} label names for a model with {cfg.label_dim} outputs")
-        self.labels = labels
-        self.activation = resolve_activation(activation, cfg.label_dim, meta)
-        self.device = torch.device(device) if device is not None else _default_device()
-        self.model = model.eval().to(self.device)
+    def __init__(self, loaded: Loaded, *, activation: str = "auto", device: str | torch.device | None = None,
+                 bf16: bool = False):
+        self.loaded = loaded.require_classifier()
+        self.features = loaded.features
+        self.extractor = FeatureExtractor(self.features)
+        self.labels = loaded.label_names()
+        self.activation = resolve_activation(activation, loaded.multilabel)
+        self.device = default_device(device)
+        self.model = loaded.model.eval().to(self.device)
         self.bf16 = bf16
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, *, labels_csv: str | os.PathLike | None = None,
-                        activation: str = "auto", device=None, bf16: bool = False, **geometry) -> "Predictor":
-        """A predictor from a fine-tuned checkpoint (see :func:`ssast.load_finetuned`).
-
-        Label names: ``labels_csv`` (the official ``class_labels_indices.csv``: display names in
-        index order), else the checkpoint's, else ``LABEL_i``. ``geometry``: fshape, tshape,
-        fstride, tstride, input_fdim, input_tdim of released files, which do not store them.
-        """
-        from .model import load_finetuned
-
-        model = load_finetuned(path, **geometry)
-        labels = getattr(model, "labels", None)
-        if labels_csv is not None:
-            from .sources import read_label_csv
-
-            _, labels = read_label_csv(labels_csv)
-        meta = getattr(model, "meta", None)
-        if meta is None and activation == "auto":
-            from .checkpoint import read_checkpoint
-
-            meta = read_checkpoint(path).meta
-        return cls(model, features=getattr(model, "features", None), labels=labels, activation=activation,
-                   meta=meta, device=device, bf16=bf16)
+    def from_checkpoint(cls, source, *, activation: str = "auto", device=None, bf16: bool = False,
+                        **options) -> "Predictor":
+        """A predictor from anything :func:`ssast.load` takes; ``options`` are its overrides."""
+        return cls(load(source, **options), activation=activation, device=device, bf16=bf16)
 
     @property
     def sample_rate(self) -> int:
@@ -626,116 +271,54 @@ class Predictor:
         feats = self.extractor(x, lengths=lengths)  # (B, T, F)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             logits = self.model(feats)
-        logits = logits.float()
-        return logits.sigmoid() if self.activation == "sigmoid" else logits.softmax(dim=-1)
+        return probabilities(logits, self.activation == "sigmoid")
 
 
 # ----------------------------------------------------------------------------- the run
 
-class _Raised:
-    def __init__(self, exc: BaseException):
-        self.exc = exc
+class _FileScores:
+    """What is kept of one file's windows: top-k, the hits above the threshold, each label's
+    maximum, and (on request) every score."""
 
-
-def _prefetch(items: Iterable, depth: int) -> Iterator:
-    """Iterate ``items`` in a background thread, ``depth`` ahead, so reading overlaps compute."""
-    q: queue.Queue = queue.Queue(depth)
-    done, stop = object(), threading.Event()
-
-    def put(x) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(x, timeout=0.1)
-                return True
-            except queue.Full:
-                pass
-        return False
-
-    def work():
-        try:
-            for x in items:
-                if not put(x):
-                    break
-            else:
-                put(done)
-        except BaseException as e:  # handed to the consumer, which raises it
-            put(_Raised(e))
-        finally:
-            if hasattr(items, "close"):
-                items.close()  # closes the file being read when the consumer stopped early
-
-    t = threading.Thread(target=work, daemon=True, name="ssast-predict-reader")
-    t.start()
-    try:
-        while True:
-            x = q.get()
-            if x is done:
-                return
-            if isinstance(x, _Raised):
-                raise x.exc
-            yield x
-    finally:
-        stop.set()
-
-
-def _events(paths: Sequence[str], sample_rate: int, window: int, hop: int, min_samples: int, block_seconds: float):
-    """("start", i, info), ("window", i, (k, start, length, samples)), ("end", i, samples) or ("error", i, problem)."""
-    for i, path in enumerate(paths):
-        try:
-            rec = Recording(path, sample_rate, block_seconds)
-        except AudioError as e:
-            yield "error", i, e.problem
-            continue
-        with rec:
-            yield "start", i, rec.info()
-            try:
-                for k, start, length, wave in _windows(rec.blocks(), window, hop, min_samples):
-                    yield "window", i, (k, start, length, wave)
-            except AudioError as e:
-                yield "error", i, e.problem
-                continue
-            except Exception as e:  # a decoder failure of any kind must not stop the other files
-                yield "error", i, f"{type(e).__name__}: {e}"
-                continue
-            yield "end", i, rec.samples_out
-
-
-class _FileState:
     def __init__(self, path: str, info: dict, num_labels: int, keep_scores: bool):
         self.path, self.info = path, info
-        self.starts: list[int] = []
-        self.lengths: list[int] = []
+        self.starts: list[np.ndarray] = []
+        self.lengths: list[np.ndarray] = []
         self.top_i: list[torch.Tensor] = []
         self.top_s: list[torch.Tensor] = []
         self.hits: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self.scores: list[torch.Tensor] | None = [] if keep_scores else None
         self.max = torch.zeros(num_labels)
-        self.expected: int | None = None  # windows, once the file has been read to its end
-        self.num_samples = 0
-        self.error: str | None = None
 
-    @property
-    def ready(self) -> bool:
-        return self.expected is not None and len(self.starts) == self.expected
+    def add(self, rows: Rows, k: int, threshold: float) -> None:
+        scores = rows.outputs["scores"]  # (n, L)
+        ts, ti = scores.topk(k, dim=-1)  # (n, k)
+        hit_w, hit_l = (scores >= threshold).nonzero(as_tuple=True)
+        self.hits.append((hit_w + rows.first, hit_l, scores[hit_w, hit_l]))
+        self.starts.append(rows.starts)
+        self.lengths.append(rows.lengths)
+        self.top_i.append(ti)
+        self.top_s.append(ts)
+        self.max = torch.maximum(self.max, scores.max(dim=0).values)
+        if self.scores is not None:
+            self.scores.append(scores.half())
 
 
 def predict(predictor: Predictor, inputs: Iterable[str | os.PathLike] = (), *, window: float | None = None,
             hop: float | None = None, threshold: float = 0.5, top_k: int = 5, batch_size: int = 16,
             recursive: bool = True, list_file: str | os.PathLike | None = None, merge_gap: float = 0.0,
-            keep_scores: bool = False, progress: bool = True, prefetch: bool = True,
+            keep_scores: bool = False, progress: bool = True, read_ahead: bool = True,
             block_seconds: float = 60.0, on_file: Callable[[FileResult], None] | None = None) -> PredictionRun:
     """Score every window of every file; see the module docstring.
 
     ``inputs``: audio files and folders; ``list_file``: a text file of more paths (see
-    :func:`collect_inputs`). ``window``/``hop`` in seconds (default: the model's input length,
-    and half of it). ``keep_scores``: also keep each window's full score vector (float16) in
-    :attr:`FileResult.scores`, as the timeline plot uses. ``on_file`` is called with each
+    :func:`ssast.stream.collect_inputs`). ``window``/``hop`` in seconds (default: the model's input
+    length, and half of it). ``keep_scores``: also keep each window's full score vector (float16)
+    in :attr:`FileResult.scores`, as the timeline plot uses. ``on_file`` is called with each
     file's result as soon as the file is done. Files that cannot be read are listed in
     ``errors`` (and on stderr) and skipped; a file that fails part-way keeps the windows read
     before the failure and carries the error.
     """
-    from tqdm import tqdm
-
     sr = predictor.sample_rate
     window_s = predictor.input_seconds if window is None else float(window)
     hop_s = window_s / 2 if hop is None else float(hop)
@@ -769,95 +352,46 @@ def predict(predictor: Predictor, inputs: Iterable[str | os.PathLike] = (), *, w
         except AudioError:
             pass
 
-    states: dict[int, _FileState] = {}
-    results: dict[int, FileResult] = {}
-    bar = tqdm(total=expected, unit="win", desc="predict", disable=not progress, file=sys.stderr)
-
     def report(path: str, problem: str, what: str = "skipped") -> None:
         errors.append({"path": path, "error": problem})
         tqdm.write(f"{what} {path}: {problem}", file=sys.stderr)
 
-    def run_batch(batch: list) -> None:
-        waves = torch.stack([b[4] for b in batch])  # (B, window)
-        lens = [b[3] for b in batch]
-        scores = predictor(waves, torch.tensor(lens) if min(lens) < win else None)  # (B, L)
-        ts, ti = scores.topk(k_top, dim=-1)  # (B, k)
-        hit_b, hit_l = (scores >= threshold).nonzero(as_tuple=True)
-        hit_s = scores[hit_b, hit_l]
-        scores, ts, ti = scores.cpu(), ts.cpu(), ti.cpu()
-        hit_b, hit_l, hit_s = hit_b.cpu(), hit_l.cpu(), hit_s.cpu()
-        file_ids = torch.tensor([b[0] for b in batch])
-        for i in file_ids.unique().tolist():
-            st = states[i]
-            rows = (file_ids == i).nonzero().flatten()
-            base = len(st.starts)
-            st.starts += [batch[r][2] for r in rows.tolist()]
-            st.lengths += [batch[r][3] for r in rows.tolist()]
-            st.top_i.append(ti[rows])
-            st.top_s.append(ts[rows])
-            st.max = torch.maximum(st.max, scores[rows].max(dim=0).values)
-            if st.scores is not None:
-                st.scores.append(scores[rows].half())
-            sel = file_ids[hit_b] == i
-            # window number within the file: rows of one file are consecutive windows in the batch
-            st.hits.append((hit_b[sel] - rows[0] + base, hit_l[sel], hit_s[sel]))
-        bar.update(len(batch))
-
-    def finish(i: int) -> None:
-        st = states.pop(i)
+    def finish(st: _FileScores, end: FileEnd) -> FileResult | None:
         if not st.starts:
-            report(st.path, st.error or "no window could be read")
-            return
-        starts, lengths = np.array(st.starts, dtype=np.int64), np.array(st.lengths, dtype=np.int64)
-        hw = torch.cat([h[0] for h in st.hits]).numpy()
-        hl = torch.cat([h[1] for h in st.hits]).numpy()
-        hs = torch.cat([h[2] for h in st.hits]).numpy()
+            report(st.path, end.error or "no window could be read")
+            return None
+        starts, lengths = np.concatenate(st.starts), np.concatenate(st.lengths)
+        hw, hl, hs = (torch.cat(part).numpy() for part in zip(*st.hits))
         dets = merge_detections(hw, hl, hs, starts / sr, (starts + lengths) / sr, predictor.labels, merge_gap)
-        res = FileResult(st.path, sr, win, predictor.labels, starts, lengths, torch.cat(st.top_i).numpy(),
-                         torch.cat(st.top_s).numpy(), st.max.numpy(), dets, threshold, st.info,
-                         num_samples=max(st.num_samples, int((starts + lengths).max())),
-                         scores=torch.cat(st.scores).numpy() if st.scores is not None else None, error=st.error)
-        if st.error:
-            report(st.path, st.error + f" (kept the {len(starts)} windows before it)", what="partly read")
-        results[i] = res
-        if on_file is not None:
-            on_file(res)
+        if end.error:
+            report(st.path, end.error + f" (kept the {len(starts)} windows before it)", what="partly read")
+        return FileResult(st.path, sr, win, predictor.labels, starts, lengths, torch.cat(st.top_i).numpy(),
+                          torch.cat(st.top_s).numpy(), st.max.numpy(), dets, threshold, st.info,
+                          num_samples=max(end.num_samples, int((starts + lengths).max())),
+                          scores=torch.cat(st.scores).numpy() if st.scores is not None else None, error=end.error)
 
-    def flush_ready() -> None:
-        for i in [i for i, st in states.items() if st.ready]:
-            finish(i)
+    def compute(waves, lengths):
+        return {"scores": predictor(waves, lengths).cpu()}  # (B, L)
 
-    events = _events(paths, sr, win, hp, predictor.min_samples, block_seconds)
-    if prefetch:
-        events = _prefetch(events, depth=2 * batch_size + 4)
-    pending: list = []
-    try:
-        for kind, i, payload in events:
-            if kind == "start":
-                states[i] = _FileState(paths[i], payload, len(predictor.labels), keep_scores)
-                bar.set_postfix_str(os.path.basename(paths[i]), refresh=False)
-            elif kind == "window":
-                pending.append((i, *payload))
-                if len(pending) == batch_size:
-                    run_batch(pending)
-                    pending = []
-                    flush_ready()
-            elif kind == "end":
-                states[i].expected = len(states[i].starts) + sum(1 for b in pending if b[0] == i)
-                states[i].num_samples = payload
-                flush_ready()
-            else:  # error
-                if i in states:
-                    states[i].error = payload
-                    states[i].expected = len(states[i].starts) + sum(1 for b in pending if b[0] == i)
-                    flush_ready()
-                else:
-                    report(paths[i], payload)
-        if pending:
-            run_batch(pending)
-        flush_ready()
-    finally:
-        bar.close()
+    files: dict[int, _FileScores] = {}
+    results: dict[int, FileResult] = {}
+    with tqdm(total=expected, unit="win", desc="predict", disable=not progress, file=sys.stderr) as bar:
+        for ev in run_windows(paths, compute, sample_rate=sr, window=win, hop=hp, min_samples=predictor.min_samples,
+                              batch_size=batch_size, block_seconds=block_seconds, read_ahead=read_ahead):
+            if isinstance(ev, FileStart):
+                files[ev.index] = _FileScores(ev.path, ev.info, len(predictor.labels), keep_scores)
+                bar.set_postfix_str(os.path.basename(ev.path), refresh=False)
+            elif isinstance(ev, Rows):
+                files[ev.index].add(ev, k_top, threshold)
+                bar.update(len(ev.starts))
+            elif isinstance(ev, FileEnd):
+                res = finish(files.pop(ev.index), ev)
+                if res is not None:
+                    results[ev.index] = res
+                    if on_file is not None:
+                        on_file(res)
+            elif isinstance(ev, FileFailed):
+                report(ev.path, ev.problem)
 
     settings = {"window": window_s, "hop": hop_s, "threshold": threshold, "top_k": k_top, "merge_gap": merge_gap,
                 "activation": predictor.activation, "sample_rate": sr, "features": predictor.features.to_dict(),
@@ -987,3 +521,4 @@ def write(run: PredictionRun, out: str | os.PathLike, fmt: str | None = None) ->
     if fmt == "raven":
         return write_raven(run, out)
     raise ValueError(f"unknown format {fmt!r}: expected one of {', '.join(FORMATS)}")
+

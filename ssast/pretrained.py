@@ -14,8 +14,9 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import Checkpoint, CheckpointError, _atomic_save, _load_file, read_checkpoint
+from .checkpoint import CheckpointError, _load_file
 from .config import DEIT_NAMES, ModelConfig
+from .files import atomic_save
 
 AUDIOSET_URL = "https://www.dropbox.com/s/ca0b1v2nlxzyeb4/audioset_10_10_0.4593.pth?dl=1"
 AUDIOSET_FILE = "audioset_10_10_0.4593.pth"
@@ -59,7 +60,7 @@ def imagenet_state_dict(model_size: str) -> tuple[dict[str, torch.Tensor], Path]
             import timm
 
             net = timm.create_model(name, pretrained=True)  # fetches from the Hugging Face hub
-            _atomic_save(net.state_dict(), dest)
+            atomic_save(net.state_dict(), dest)
         except Exception as e:
             raise FileNotFoundError(
                 f"{dest} is missing and timm could not download the ImageNet weights of {name!r} "
@@ -72,7 +73,7 @@ def imagenet_state_dict(model_size: str) -> tuple[dict[str, torch.Tensor], Path]
     if isinstance(sd, dict) and "model" in sd and isinstance(sd["model"], dict):
         sd = sd["model"]  # DeiT's own release wraps the state dict
     if not isinstance(sd, dict) or "patch_embed.proj.weight" not in sd:
-        raise CheckpointError(dest, f"not a timm ViT/DeiT state dict (no 'patch_embed.proj.weight')")
+        raise CheckpointError(dest, "not a timm ViT/DeiT state dict (no 'patch_embed.proj.weight')")
     return sd, dest
 
 
@@ -100,10 +101,6 @@ def imagenet_encoder_state(model_size: str, cfg: ModelConfig) -> tuple[dict[str,
     return state, (side, side), path
 
 
-def audioset_checkpoint() -> Checkpoint:
+def audioset_file() -> Path:
     """AST's AudioSet model (base384, 16x16 patches, stride 10, 128 x 1024 input, 527 labels)."""
-    path = download(AUDIOSET_URL, pretrained_dir() / AUDIOSET_FILE)
-    ckpt = read_checkpoint(path, fstride=10, tstride=10, input_fdim=128)
-    if ckpt.stage != "finetune":
-        raise CheckpointError(path, "expected AST's fine-tuned AudioSet model, found a pretraining checkpoint")
-    return ckpt
+    return download(AUDIOSET_URL, pretrained_dir() / AUDIOSET_FILE)

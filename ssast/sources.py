@@ -19,6 +19,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 from .audio import AudioError, audio_info, is_audio_file
 
@@ -206,3 +207,37 @@ def validate(source: Source, check_audio: bool = True) -> Report:
         else:
             report.good.append(it)
     return report
+
+
+def match_labels(source: Source, ids: Sequence[str], names: Sequence[str] | None = None,
+                 what: str = "the model") -> list[int]:
+    """For each label of ``source`` (in its order), its position in a vocabulary.
+
+    The vocabulary is ``ids`` (label ids in output order) with their display ``names``; a
+    source label matches by id or by display name, on either side (a model that stores display
+    names matches a datafile's mids through the datafile's label CSV). Raises SourceError naming
+    the labels that do not match.
+    """
+    index: dict[str, int] = {}
+    for i, key in enumerate(ids):
+        index.setdefault(str(key), i)
+    for i, key in enumerate(names or ()):
+        index.setdefault(str(key), i)
+    data = list(source.labels or [])
+    shown = list(source.display_names or data)
+    out, missing = [], []
+    for lab, disp in zip(data, shown):
+        pos = index.get(lab, index.get(disp))
+        if pos is None:
+            missing.append(lab if lab == disp else f"{disp} ({lab})")
+        out.append(pos)
+    if missing:
+        raise SourceError(source.name, f"{_show(missing)} missing from the labels of {what}. Data labels: "
+                                       f"{_show(shown)}. Labels of {what}: {_show(list(names or ids))}")
+    return out
+
+
+def _show(names: Sequence[str], limit: int = 10) -> str:
+    names = list(names)
+    more = f", ... ({len(names)} in all)" if len(names) > limit else ""
+    return ", ".join(map(str, names[:limit])) + more

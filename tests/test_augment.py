@@ -3,7 +3,8 @@ import pytest
 import torch
 import torchaudio
 
-from ssast.augment import AUGMENT_PRESETS, AugmentConfig, augment_batch, mask_along, mixup, noise_and_shift, spec_augment
+from ssast import presets
+from ssast.augment import AugmentConfig, augment_batch, mask_along, mixup, noise_and_shift, spec_augment
 from ssast.features import FeatureConfig, FeatureExtractor
 
 
@@ -163,7 +164,7 @@ def test_augment_batch_order_and_defaults():
     waves = 0.1 * torch.randn(6, sr, generator=gen(0))
     plain, t = augment_batch(waves, None, fe)
     assert torch.equal(plain, fe(waves)) and t is None
-    assert not AugmentConfig().active and not AUGMENT_PRESETS["pretrain"].active
+    assert not AugmentConfig().active and not presets.get("pretrain").augment.active
     # masks go on the unnormalized fbank (value 0), so masked cells read -mean / (2 std) after normalization
     masked, _ = augment_batch(waves, None, fe, AugmentConfig(freqm=48, timem=48), generator=gen(1))
     hit = masked != plain
@@ -172,10 +173,10 @@ def test_augment_batch_order_and_defaults():
 
 
 def test_augment_batch_presets():
-    fe = FeatureExtractor(FeatureConfig.preset("speechcommands"))
+    fe = FeatureExtractor(presets.get("speechcommands").features())
     waves = 0.1 * torch.randn(4, 16000, generator=gen(0))
     targets = torch.eye(4)
-    cfg = AUGMENT_PRESETS["speechcommands"]
+    cfg = presets.get("speechcommands").augment
     assert (cfg.freqm, cfg.timem, cfg.mixup, cfg.noise) == (48, 48, 0.6, True)
     a, ta = augment_batch(waves, targets, fe, cfg, generator=gen(3))
     b, tb = augment_batch(waves, targets, fe, cfg, generator=gen(3))

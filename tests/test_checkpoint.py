@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from conftest import load_pt, tiny_config, tiny_model
-from ssast import (ASTModel, CheckpointError, load_finetuned, load_model, read_checkpoint, save_checkpoint,
-                   save_released)
+from ssast import ASTModel, CheckpointError, load, read_checkpoint, save_checkpoint, save_released
+from ssast.loading import init_from, read
 
 
 def _joint(model, x, idx):
@@ -20,10 +20,11 @@ def test_project_format_round_trip_pretraining(tmp_path):
     save_checkpoint(model, path, features={"sample_rate": 16000}, meta={"step": 7})
     ckpt = read_checkpoint(path)
     assert ckpt.format == "ssast" and ckpt.config == model.config and ckpt.meta == {"step": 7}
-    again = load_model(path).eval()
+    again = load(path)
     x, idx = torch.randn(2, 32, 16), torch.arange(5).expand(2, -1)
-    assert all(torch.equal(a, b) for a, b in zip(_joint(model, x, idx), _joint(again, x, idx)))
-    assert again.features == {"sample_rate": 16000}
+    assert all(torch.equal(a, b) for a, b in zip(_joint(model, x, idx), _joint(again.model, x, idx)))
+    assert again.features.sample_rate == 16000 and again.features.num_mel_bins == 16
+    assert again.stage == "pretrain" and again.meta == {"step": 7}
 
 
 def test_continue_pretraining_from_a_checkpoint(tmp_path):
@@ -32,7 +33,7 @@ def test_continue_pretraining_from_a_checkpoint(tmp_path):
     save_released(model, tmp_path / "r.pth")
     # The tiny test geometry is no preset size, so build from the same config and load.
     cont = ASTModel(config=model.config)
-    cont.load_from(tmp_path / "r.pth")
+    init_from(cont, read(tmp_path / "r.pth"))
     for (k, a), (k2, b) in zip(model.state_dict().items(), cont.state_dict().items()):
         assert k == k2 and torch.equal(a, b), k
 
@@ -69,25 +70,25 @@ def test_finetuned_round_trips(tmp_path):
     with torch.no_grad():
         ref = model(x, "ft_cls")
     save_checkpoint(model, tmp_path / "ft.pt", labels=list("abcde"), features={"num_mel_bins": 16})
-    m2 = load_finetuned(tmp_path / "ft.pt")
-    assert m2.labels == list("abcde") and m2.config.default_task == "ft_cls" and not m2.training
+    m2 = load(tmp_path / "ft.pt")
+    assert m2.labels == list("abcde") and m2.task == "ft_cls" and not m2.model.training and m2.has_head
     with torch.no_grad():
-        assert torch.equal(m2(x), ref)
+        assert torch.equal(m2.model(x), ref)
     save_released(model, tmp_path / "ft.pth")
     sd = load_pt(tmp_path / "ft.pth")
     assert all(k.startswith("module.") for k in sd) and "module.mlp_head.1.weight" in sd
     assert "module.p_input_fdim" not in sd
     # Released fine-tuned files carry no geometry: it is passed as arguments.
     m3 = ASTModel(config=tiny_config(stage="finetune", fstride=2, tstride=2))
-    m3.load_from(read_checkpoint(tmp_path / "ft.pth", fstride=2, tstride=2, input_fdim=16), keep_head=True)
+    init_from(m3, read(tmp_path / "ft.pth", fstride=2, tstride=2, num_mel_bins=16), keep_head=True)
     with torch.no_grad():
         assert torch.equal(m3.eval()(x, "ft_cls"), ref)
 
 
-def test_load_finetuned_adapts_the_time_grid(fixtures):
-    model = load_finetuned(fixtures / "ast_tiny224_f10_t10_t100_label35.pth", input_tdim=300)
-    assert model.config.grid == (12, 29)
-    assert model(torch.randn(1, 300, 128)).shape == (1, 35)
+def test_load_adapts_the_time_grid(fixtures):
+    loaded = load(fixtures / "ast_tiny224_f10_t10_t100_label35.pth", target_length=300)
+    assert loaded.config.grid == (12, 29) and loaded.features.target_length == 300
+    assert loaded.model(torch.randn(1, 300, 128)).shape == (1, 35)
 
 
 def test_cli_info_and_export(fixtures, tmp_path, capsys):
@@ -165,8 +166,6 @@ def test_patch_shape_mismatch(fixtures):
         ASTModel(fshape=128, tshape=2, fstride=128, tstride=1, model_size="tiny", pretrain_stage=False,
                  load_pretrained_mdl_path=fixtures / "ssast_tiny_patch_pretrain_t1024.pth")
     assert "ssast_tiny_patch_pretrain_t1024.pth" in str(e.value)
-    with pytest.raises(CheckpointError, match="patch shape mismatch"):
-        load_finetuned(fixtures / "ast_tiny224_f10_t10_t100_label35.pth", fshape=128, tshape=2)
 
 
 def test_model_size_mismatch(fixtures):
@@ -191,31 +190,31 @@ def _edited_release(tmp_path, edit):
 def test_missing_keys(tmp_path):
     cfg, path = _edited_release(tmp_path, lambda sd: sd.pop("module.v.blocks.1.mlp.fc2.bias"))
     with pytest.raises(CheckpointError, match=r"missing keys: v\.blocks\.1\.mlp\.fc2\.bias") as e:
-        ASTModel(config=cfg).load_from(path)
+        init_from(ASTModel(config=cfg), read(path))
     assert "edited.pth" in str(e.value)
     cfg, path = _edited_release(tmp_path, lambda sd: sd.pop("module.cpredlayer.2.weight"))
     with pytest.raises(CheckpointError, match=r"missing keys: cpredlayer\.2\.weight"):
-        ASTModel(config=cfg).load_from(path)
+        init_from(ASTModel(config=cfg), read(path))
 
 
 def test_unexpected_keys(tmp_path):
     cfg, path = _edited_release(tmp_path, lambda sd: sd.__setitem__("module.v.blocks.0.attn.extra", torch.zeros(1)))
     with pytest.raises(CheckpointError, match=r"unexpected keys: v\.blocks\.0\.attn\.extra"):
-        ASTModel(config=cfg).load_from(path)
+        init_from(ASTModel(config=cfg), read(path))
     cfg, path = _edited_release(tmp_path, lambda sd: sd.__setitem__("module.decoder.weight", torch.zeros(1)))
     with pytest.raises(CheckpointError, match=r"unexpected keys: decoder\.weight"):
-        ASTModel(config=cfg).load_from(path)
+        init_from(ASTModel(config=cfg), read(path))
 
 
 def test_tensor_shape_mismatch(tmp_path):
     cfg, path = _edited_release(tmp_path, lambda sd: sd.__setitem__("module.mask_embed", torch.zeros(1, 1, 7)))
     with pytest.raises(CheckpointError, match="shape mismatch: mask_embed"):
-        ASTModel(config=cfg).load_from(path)
+        init_from(ASTModel(config=cfg), read(path))
 
 
 def test_stage_errors(fixtures, tmp_path):
     with pytest.raises(CheckpointError, match="not a fine-tuned model"):
-        load_finetuned(fixtures / "ssast_tiny_patch_pretrain_t1024.pth")
+        load(fixtures / "ssast_tiny_patch_pretrain_t1024.pth", stage="finetune").require_classifier()
     with pytest.raises(CheckpointError, match="needs a pretraining checkpoint"):
         ASTModel(fshape=16, tshape=16, fstride=16, tstride=16, input_tdim=100, model_size="tiny",
                  pretrain_stage=True, load_pretrained_mdl_path=fixtures / "ast_tiny224_f10_t10_t100_label35.pth")
@@ -224,7 +223,7 @@ def test_stage_errors(fixtures, tmp_path):
 def test_inconsistent_positional_grid(fixtures):
     # 108 patch positions are 12 x 9 with stride 10, but no whole grid with stride 16 (8 rows).
     with pytest.raises(CheckpointError, match="no whole number of time steps"):
-        load_finetuned(fixtures / "ast_tiny224_f10_t10_t100_label35.pth", fstride=16, tstride=16)
+        load(fixtures / "ast_tiny224_f10_t10_t100_label35.pth", fstride=16, tstride=16)
 
 
 def test_unsupported_project_version(tmp_path):

@@ -3,7 +3,7 @@ import sys
 
 import torch
 
-from ssast import load_finetuned, load_model
+from ssast import load
 
 
 def test_console_script_help():
@@ -17,10 +17,10 @@ def test_demo_runs_end_to_end(tmp_path):
     from ssast.cli import main
 
     assert main(["demo", "--out", str(tmp_path), "--pretrain-steps", "2", "--finetune-steps", "2"]) == 0
-    pre = load_model(tmp_path / "pretrained.pt")
+    pre = load(tmp_path / "pretrained.pt")
     assert pre.stage == "pretrain"
     released = torch.load(tmp_path / "pretrained_released.pth", weights_only=True)
     assert "module.p_input_tdim" in released
-    clf = load_finetuned(tmp_path / "finetuned.pt")
+    clf = load(tmp_path / "finetuned.pt").require_classifier()
     assert clf.labels == ["rising", "falling"]
-    assert clf(torch.randn(1, 128, 128)).shape == (1, 2)
+    assert clf.model(torch.randn(1, 128, 128)).shape == (1, 2)

@@ -11,7 +11,8 @@ import torch
 from ssast import ASTModel, ModelConfig, save_checkpoint, save_released
 from ssast.audio import load_audio
 from ssast.cli import main
-from ssast.embed import embed, load_encoder, output_names
+from ssast.loading import from_model, load
+from ssast.embed import OUTPUT_KEYS, embed, output_names
 from ssast.features import FeatureConfig, fbank_reference, pad_or_crop
 
 SR = 16000
@@ -155,10 +156,10 @@ def test_released_and_finetuned_checkpoints(pretrained, audio, tmp_path, run):
     ref = np.load(out / "short.npz")
     released = tmp_path / "released.pth"
     save_released(pretrained, released)  # no feature settings: AudioSet's normalization
-    model, feats = load_encoder(released)
-    assert model.config.stage == "finetune" and feats.mean == FeatureConfig().mean
+    loaded = load(released, stage="finetune")
+    assert loaded.stage == "finetune" and loaded.features.mean == FeatureConfig().mean and not loaded.has_head
     # the same encoder with the project's features gives the same embeddings
-    embed((model, FEATURES), audio / "short.wav", tmp_path / "r", device="cpu")
+    embed(from_model(loaded.model, features=FEATURES), audio / "short.wav", tmp_path / "r", device="cpu")
     np.testing.assert_allclose(np.load(tmp_path / "r" / "short.npz")["clip_avgtok"], ref["clip_avgtok"], atol=1e-5)
     # a fine-tuned checkpoint: its encoder, its head unused
     torch.manual_seed(1)
@@ -176,7 +177,7 @@ def test_output_names_outside_base(tmp_path):
 
 
 def test_cli(ckpt, audio, tmp_path, capsys):
-    rc = main(["embed", str(ckpt), str(audio), "--out", str(tmp_path), "--device", "cpu", "--quiet",
+    rc = main(["embed", str(ckpt), str(audio), "--out", str(tmp_path), "--device", "cpu", "--no-progress",
                "--level", "clip", "--batch-size", "2"])
     assert rc == 0
     err = capsys.readouterr().err
@@ -184,4 +185,13 @@ def test_cli(ckpt, audio, tmp_path, capsys):
     z = np.load(tmp_path / "site1" / "long.npz")
     assert "frames" not in z and z["window_avgtok"].shape == (4, 64)
     assert main(["embed", str(ckpt), str(audio / "site1" / "broken.wav"), "--out", str(tmp_path / "b"),
-                 "--device", "cpu", "--quiet"]) == 1
+                 "--device", "cpu", "--no-progress"]) == 1
+
+
+def test_help_lists_the_output_keys(capsys):
+    with pytest.raises(SystemExit):
+        main(["embed", "--help"])
+    out = capsys.readouterr().out
+    for key in OUTPUT_KEYS:
+        assert key in out
+    assert "frame_times" in out and "tstride * 10 ms" in out

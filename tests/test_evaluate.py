@@ -9,6 +9,7 @@ import torch
 
 from ssast import ASTModel, ModelConfig, save_checkpoint
 from ssast.audio import load_audio
+from ssast.loading import from_model
 from ssast.cli import main
 from ssast.evaluate import evaluate
 from ssast.features import FeatureConfig, fbank_reference, pad_or_crop
@@ -132,7 +133,7 @@ def test_labels_matched_by_name(dataset, ckpts, tmp_path):
 def test_label_mismatch_names_both(dataset, tmp_path):
     p = tmp_path / "other.pt"
     save_checkpoint(classifier(0), p, labels=["bird", "frog", "wind"], features=FEATURES.to_dict())
-    with pytest.raises(ValueError, match=r"rain missing.*Data labels: bird, frog, rain.*Model labels: bird, frog, wind"):
+    with pytest.raises(ValueError, match=r"rain missing.*Data labels: bird, frog, rain.*other.pt: bird, frog, wind"):
         evaluate(p, dataset, device="cpu")
 
 
@@ -154,13 +155,12 @@ def test_json_datafile_display_names_and_model_object(dataset, tmp_path):
     datafile = tmp_path / "eval.json"
     datafile.write_text(json.dumps({"data": entries}))
     model = classifier(0).train()
-    model.labels, model.features = LABELS, FEATURES.to_dict()
-    res = evaluate([model], datafile, multilabel=False, return_predictions=True)
+    res = evaluate([from_model(model, features=FEATURES, labels=LABELS)], datafile, multilabel=False,
+                   return_predictions=True)
     assert res["labels"] == LABELS and model.training  # its mode is restored
     np.testing.assert_allclose(res["scores"], reference_scores(classifier(0), paths, False).numpy(), atol=2e-5)
     # without names, a model is matched by position
-    del model.labels
-    assert evaluate([model], datafile, multilabel=False)["metrics"] == res["metrics"]
+    assert evaluate([from_model(model, features=FEATURES)], datafile, multilabel=False)["metrics"] == res["metrics"]
 
 
 def test_unreadable_clip_skipped(dataset, ckpts, tmp_path):
@@ -177,7 +177,7 @@ def test_unreadable_clip_skipped(dataset, ckpts, tmp_path):
 def test_cli(dataset, ckpts, tmp_path, capsys):
     out = tmp_path / "res.json"
     rc = main(["evaluate", str(ckpts[0]), str(ckpts[1]), "--data", str(dataset), "--json", str(out),
-               "--device", "cpu", "--quiet", "--no-multilabel", "--task", "ft_cls"])
+               "--device", "cpu", "--no-progress", "--no-multilabel", "--task", "ft_cls"])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "ensemble of 2" in printed and "m0.pt" in printed

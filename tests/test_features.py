@@ -239,7 +239,9 @@ def test_extractor_refuses_or_resamples_wrong_rate():
 def test_config_round_trip_and_checkpoint(tmp_path):
     from conftest import tiny_model
 
-    cfg = FeatureConfig.preset("esc50")
+    from ssast import presets
+
+    cfg = presets.get("esc50").features()
     assert (cfg.mean, cfg.std, cfg.target_length) == (-6.6268077, 5.358466, 512)
     d = cfg.to_dict()
     assert d == {"sample_rate": 16000, "num_mel_bins": 128, "frame_length_ms": 25.0, "frame_shift_ms": 10.0,

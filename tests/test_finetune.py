@@ -16,11 +16,11 @@ import soundfile as sf
 import torch
 
 from conftest import tiny_config
-from ssast import ASTModel, load_finetuned, read_checkpoint, save_released
+from ssast import ASTModel, load, read_checkpoint, save_released
 from ssast.evaluate import evaluate
 from ssast.engine.finetune import FinetuneConfig, build_model, param_groups, results_header
-from ssast.engine.finetune_objective import (average_weights, balanced_weights, cosine_factor, finetune_lr,
-                                             step_decay_factor)
+from ssast.engine.finetune_objective import average_weights, balanced_weights
+from ssast.engine.schedule import cosine_factor, finetune_lr, step_decay_factor
 from ssast.engine.loop import TrainState, fit
 from ssast.features import FeatureConfig
 
@@ -156,10 +156,10 @@ def test_head_lr_multiplier_in_loop(freeze):
 
     features = Features()
     settings = TrainSettings(max_steps=6, lr=1e-3, valid_every=100, save_every=100, log_every=3)
-    sched = lambda st: finetune_lr(st.step, lr=1e-3, steps_per_epoch=2, total_steps=6, schedule="step",  # noqa: E731
+    sched = lambda step: finetune_lr(step, lr=1e-3, steps_per_epoch=2, total_steps=6, schedule="step",  # noqa: E731
                                    start=1, step_size=1, decay=0.5)
     fit(engine, ClassificationObjective("ft_avgtok", "ce", False, "acc"), Stream(), features, settings,
-        TrainState(), rank=0, runlog=_Log(), lr_fn=sched)
+        TrainState(), rank=0, runlog=_Log(), lr=sched)
     expected = [1e-3, 1e-3, 0.5e-3, 0.5e-3, 0.25e-3, 0.25e-3]
     assert [s["mlp_head"] for s in engine.seen] == pytest.approx([10 * e for e in expected])
     if freeze:
@@ -198,9 +198,12 @@ def test_init_from_released_fixture_and_scratch(fixtures):
 # ----------------------------------------------------------------------------- real runs
 
 def _tones(root: Path) -> dict:
-    """Three classes of noisy tones (folder per class), train/valid/test, half-second clips."""
+    """Three classes of noisy tones, half-second clips: train and valid as official JSON datafiles
+    (label ids /m/c0.. with the display names class0.. in their label CSV), test as a folder per
+    class (labelled by display name)."""
     rng = np.random.default_rng(0)
     t = np.arange(8000) / 16000
+    entries = {"train": [], "valid": []}
     for split, n in (("train", 6), ("valid", 3), ("test", 3)):
         for c, f0 in enumerate((300, 1200, 4000)):
             d = root / split / f"class{c}"
@@ -208,8 +211,14 @@ def _tones(root: Path) -> dict:
             for i in range(n):
                 x = 0.3 * np.sin(2 * np.pi * f0 * (1 + 0.05 * rng.standard_normal()) * t)
                 sf.write(d / f"{i}.wav", (x + 0.05 * rng.standard_normal(t.size)).astype(np.float32), 16000)
+                if split in entries:
+                    entries[split].append({"wav": f"{split}/class{c}/{i}.wav", "labels": f"/m/c{c}"})
+    for split, data in entries.items():
+        (root / f"{split}.json").write_text(json.dumps({"data": data}))
+    (root / "class_labels_indices.csv").write_text("index,mid,display_name\n" + "".join(
+        f"{c},/m/c{c},class{c}\n" for c in range(3)))
     (root / "model.json").write_text(json.dumps(MODEL))
-    return {s: str(root / s) for s in ("train", "valid", "test")}
+    return {"train": str(root / "train.json"), "valid": str(root / "valid.json"), "test": str(root / "test")}
 
 
 def _env():
@@ -221,7 +230,7 @@ def _env():
 
 def _finetune(data, out, *extra):
     cmd = [sys.executable, "-m", "ssast.cli", "finetune", "--train", data["train"], "--valid", data["valid"],
-           "--test", data["test"], "--out", str(out), *GEOMETRY, "--dataset-mean", "-5", "--dataset-std", "4",
+           "--test", data["test"], "--out", str(out), *GEOMETRY, "--mean", "-5", "--std", "4",
            "--epochs", "3", "--batch-size", "4", "--num-workers", "0", "--device", "cpu", "--no-progress",
            "--log-every", "2", *extra]
     p = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
@@ -260,17 +269,24 @@ def test_results_best_checkpoint_and_evaluate(scratch_run):
     # The ensemble of epoch 1 is epoch 1 itself.
     assert float(rows[0]["ensemble_acc"]) == pytest.approx(float(rows[0]["acc"]))
 
-    model = load_finetuned(out / "best.pt")
-    assert model.labels == ["class0", "class1", "class2"]
-    assert model.meta["multilabel"] is False and model.meta["task"] == "ft_avgtok" and model.meta["epoch"] == best_epoch
-    assert FeatureConfig.from_dict(model.features) == FeatureConfig(num_mel_bins=16, target_length=48, mean=-5.0,
-                                                                    std=4.0)
+    model = load(out / "best.pt")
+    # Trained on datafiles with label ids: the outputs carry the display names, the ids beside them.
+    assert model.labels == ["class0", "class1", "class2"] and model.label_ids == ["/m/c0", "/m/c1", "/m/c2"]
+    assert model.multilabel is False and model.task == "ft_avgtok"
+    assert model.meta["epoch"] == best_epoch
+    assert model.features == FeatureConfig(num_mel_bins=16, target_length=48, mean=-5.0, std=4.0)
+    # The log reports only what happened: fine-tuning's schedule is a function of the step, with no
+    # plateau, so no validation may log a rate reduction or a plateau scale.
+    assert "halved" not in (out / "train.log").read_text()
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    valid = [r for r in records if r["kind"] == "valid"]
+    assert len(valid) == 4 and not any("lr_scale" in r for r in valid)
     # ssast evaluate on the test set gives the recorded test metrics.
     res = evaluate(out / "best.pt", data["test"], device="cpu")
     for k in ("acc", "mAP", "mAUC", "precision", "recall"):
         assert res["metrics"][k] == pytest.approx(float(rows[4][k]), abs=2e-5), k
     p = subprocess.run([sys.executable, "-m", "ssast.cli", "evaluate", str(out / "best.pt"), "--data", data["test"],
-                        "--quiet"], env=_env(), capture_output=True, text=True, timeout=120)
+                        "--no-progress"], env=_env(), capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and f"{float(rows[4]['acc']):.4f}" in p.stdout, p.stdout + p.stderr
 
     # Weight averaging: wa.pt holds the mean of the weights saved at epochs 2 and 3.
@@ -318,7 +334,7 @@ def test_kill_and_resume_gives_the_uninterrupted_results(scratch_run, tmp_path):
     root = full.parent
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "ssast.cli", "finetune", "--train", data["train"], "--valid", data["valid"],
-           "--test", data["test"], "--out", str(out), *GEOMETRY, "--dataset-mean", "-5", "--dataset-std", "4",
+           "--test", data["test"], "--out", str(out), *GEOMETRY, "--mean", "-5", "--std", "4",
            "--num-workers", "0", "--device", "cpu", "--no-progress", "--log-every", "2", *SCRATCH_ARGS(root)]
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     latest = out / "checkpoints" / "latest"

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from conftest import load_pt, rel_err
-from ssast import ASTModel, load_finetuned
+from ssast import ASTModel, load
 
 TOL = 1e-5  # relative, as the issue asks
 
@@ -60,8 +60,8 @@ def test_finetuning_outputs_match_official(fixtures, fixture_index, name, tdim):
 def test_ast_model_matches_official(fixtures, fixture_index):
     case = fixture_index["ast_tiny224"]
     io = load_pt(fixtures / "ast_tiny224_f10_t10_t100_label35_io.pt")
-    model = load_finetuned(fixtures / case["checkpoint"], fstride=case["fstride"], tstride=case["tstride"],
-                           input_tdim=case["input_tdim"])
+    model = load(fixtures / case["checkpoint"], fstride=case["fstride"], tstride=case["tstride"],
+                 target_length=case["input_tdim"]).model
     assert model.config.model_size == "tiny" and model.config.label_dim == case["label_dim"]
     with torch.no_grad():
         logits = model(io["x"])

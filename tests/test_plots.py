@@ -76,7 +76,7 @@ def test_predict_plot_dir_writes_one_png_per_file(tmp_path, ckpt):
     sf.write(tmp_path / "b" / "x.wav", tone(1.0, seed=1), SR)  # same stem in another folder
     plots = tmp_path / "plots"
     assert main(["predict", str(ckpt), str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "r.json"),
-                 "--plot-dir", str(plots), "--quiet"]) == 0
+                 "--plot-dir", str(plots), "--no-progress"]) == 0
     assert sorted(p.name for p in plots.iterdir()) == ["x.png", "x_2.png"]
     assert png_size(plots / "x.png") == (1400, 800)
     assert main(["plot-timeline", str(tmp_path / "r.json"), "--out-dir", str(tmp_path / "again")]) == 0

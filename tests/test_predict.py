@@ -15,9 +15,9 @@ from ssast import ASTModel, ModelConfig, save_checkpoint
 from ssast.audio import load_audio
 from ssast.cli import main
 from ssast.features import FeatureConfig, fbank_reference
-from ssast.predict import (RAVEN_COLUMNS, Predictor, Recording, _windows, collect_inputs, detect,
-                           merge_detections, parse_audiomoth_comment, predict, read_metadata,
-                           resolve_activation, window_spans, write)
+from ssast.predict import RAVEN_COLUMNS, Predictor, detect, merge_detections, predict, resolve_activation, write
+from ssast.stream import (Recording, collect_inputs, cut_windows, parse_audiomoth_comment, read_metadata,
+                          window_spans)
 
 SR = 16000
 LABELS = ["frog", "bird", "rain"]
@@ -93,7 +93,7 @@ def test_streamed_windows_equal_the_spans_and_the_samples():
         x = torch.randn(n, generator=g)
         cuts = sorted(torch.randint(0, n, (6,), generator=g).tolist())
         blocks = [x[a:b] for a, b in zip([0, *cuts], [*cuts, n]) if b > a]
-        got = list(_windows(blocks, win, hop, 25))
+        got = list(cut_windows(blocks, win, hop, 25))
         starts, lengths = window_spans(n, win, hop, 25)
         assert [g_[1] for g_ in got] == starts.tolist()
         assert [g_[2] for g_ in got] == lengths.tolist()
@@ -148,14 +148,35 @@ def test_scores_equal_a_direct_model_call_on_each_window(tmp_path, ckpt, predict
 
 
 def test_activation_rules():
-    assert resolve_activation("auto", 527) == "sigmoid"
-    assert resolve_activation("auto", 50) == "softmax"
-    assert resolve_activation("auto", 50, {"multilabel": True}) == "sigmoid"
-    assert resolve_activation("auto", 527, {"multilabel": False}) == "softmax"
-    assert resolve_activation("auto", 527, {"activation": "softmax"}) == "softmax"
-    assert resolve_activation("softmax", 527, {"multilabel": True}) == "softmax"
+    assert resolve_activation("auto", True) == "sigmoid"
+    assert resolve_activation("auto", False) == "softmax"
+    assert resolve_activation("auto", None) == "softmax"
+    assert resolve_activation("softmax", True) == "softmax"
     with pytest.raises(ValueError, match="unknown activation"):
-        resolve_activation("relu", 3)
+        resolve_activation("relu", True)
+
+
+def test_released_file_gets_its_recipe_or_what_is_given(fixtures, tmp_path, capsys):
+    """A released fine-tuned file stores neither input length nor normalization: its 35 outputs are
+    the Speech Commands recipe's, whose normalization it gets, said once; the options override."""
+    src = str(fixtures / "ast_tiny224_f10_t10_t100_label35.pth")
+    sf.write(tmp_path / "a.wav", noise(1.5), SR)
+    out = tmp_path / "p.json"
+    assert main(["predict", src, str(tmp_path / "a.wav"), "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("assumed") == 1 and "speechcommands normalization" in err
+    feats = json.loads(out.read_text())["settings"]["features"]
+    assert (feats["mean"], feats["std"]) == (-6.845978, 5.5654526)
+    assert 96 <= feats["target_length"] <= 105  # the frames that give the file's 12 x 9 grid
+    assert json.loads(out.read_text())["settings"]["activation"] == "softmax"  # single-label recipe
+    assert main(["predict", src, str(tmp_path / "a.wav"), "--out", str(out), "--no-progress", "--device", "cpu",
+                 "--target-length", "100", "--mean", "-5", "--std", "3"]) == 0
+    feats = json.loads(out.read_text())["settings"]["features"]
+    assert (feats["mean"], feats["std"], feats["target_length"]) == (-5.0, 3.0, 100)
+    assert main(["predict", src, str(tmp_path / "a.wav"), "--out", str(out), "--no-progress", "--device", "cpu",
+                 "--preset", "audioset"]) == 0
+    feats = json.loads(out.read_text())["settings"]["features"]
+    assert (feats["mean"], feats["target_length"]) == (-4.2677393, 1024)
 
 
 def test_softmax_model_and_label_csv(tmp_path):
@@ -169,11 +190,11 @@ def test_softmax_model_and_label_csv(tmp_path):
     assert np.allclose(res.top_score.sum(axis=1), 1, atol=1e-5)
     csv_path = tmp_path / "class_labels_indices.csv"
     csv_path.write_text('index,mid,display_name\n1,/m/b,"Bird, song"\n0,/m/a,Frog\n2,/m/c,Rain\n')
-    assert Predictor.from_checkpoint(path, labels_csv=csv_path, device="cpu").labels == ["Frog", "Bird, song", "Rain"]
+    assert Predictor.from_checkpoint(path, label_csv=csv_path, device="cpu").labels == ["Frog", "Bird, song", "Rain"]
     bad = tmp_path / "two.csv"
     bad.write_text("index,mid,display_name\n0,/m/a,Frog\n1,/m/b,Bird\n")
-    with pytest.raises(ValueError, match="2 label names for a model with 3 outputs"):
-        Predictor.from_checkpoint(path, labels_csv=bad, device="cpu")
+    with pytest.raises(ValueError, match="names 2 labels, the model has 3 outputs"):
+        Predictor.from_checkpoint(path, label_csv=bad, device="cpu")
 
 
 def test_window_longer_than_the_model_input_is_refused(predictor, tmp_path):
@@ -184,7 +205,7 @@ def test_window_longer_than_the_model_input_is_refused(predictor, tmp_path):
 def test_batching_and_prefetch_do_not_change_results(tmp_path, predictor):
     for i, sec in enumerate([1.3, 0.5, 2.2]):
         sf.write(tmp_path / f"f{i}.wav", noise(sec, seed=i), SR)
-    a = predict(predictor, [tmp_path], batch_size=1, prefetch=False, progress=False, threshold=0.3)
+    a = predict(predictor, [tmp_path], batch_size=1, read_ahead=False, progress=False, threshold=0.3)
     b = predict(predictor, [tmp_path], batch_size=5, progress=False, threshold=0.3)  # windows of two files per batch
     assert [r.path for r in a.files] == [r.path for r in b.files]
     for ra, rb in zip(a.files, b.files):
@@ -267,7 +288,7 @@ def test_three_formats_parse_back(tmp_path, ckpt):
     outs = {}
     for fmt, out in [("csv", tmp_path / "r.csv"), ("json", tmp_path / "r.json"), ("raven", tmp_path / "raven")]:
         assert main(["predict", str(ckpt), str(audio), "--out", str(out), "--hop", "0.32", "--threshold", "0.4",
-                     "--top-k", "2", "--quiet"]) == 0
+                     "--top-k", "2", "--no-progress"]) == 0
         outs[fmt] = out
     data = json.loads(outs["json"].read_text())
     assert data["labels"] == LABELS and data["errors"] == []
@@ -305,7 +326,7 @@ def test_corrupt_files_are_reported_and_skipped(tmp_path, ckpt, capsys):
     sf.write(tmp_path / "blip.wav", noise(0.01), SR)  # 10 ms: shorter than one 25 ms frame
     sf.write(tmp_path / "zz_nan.wav", np.full(SR, np.nan, dtype=np.float32), SR, subtype="FLOAT")
     out = tmp_path / "r.json"
-    assert main(["predict", str(ckpt), str(tmp_path), "--out", str(out), "--quiet"]) == 0
+    assert main(["predict", str(ckpt), str(tmp_path), "--out", str(out), "--no-progress"]) == 0
     data = json.loads(out.read_text())
     assert [f["path"].rsplit("/", 1)[1] for f in data["files"]] == ["good.wav"]
     errors = {e["path"].rsplit("/", 1)[1]: e["error"] for e in data["errors"]}
@@ -314,7 +335,7 @@ def test_corrupt_files_are_reported_and_skipped(tmp_path, ckpt, capsys):
     assert "skipped" in capsys.readouterr().err
     # Nothing usable: nonzero exit, the errors still written.
     assert main(["predict", str(ckpt), str(tmp_path / "garbage.wav"), str(tmp_path / "missing.wav"),
-                 "--out", str(out), "--quiet"]) == 1
+                 "--out", str(out), "--no-progress"]) == 1
     assert {e["path"].rsplit("/", 1)[1] for e in json.loads(out.read_text())["errors"]} == {"garbage.wav", "missing.wav"}
 
 

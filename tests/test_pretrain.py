@@ -21,14 +21,16 @@ import soundfile as sf
 import torch
 
 from conftest import tiny_config
-from ssast import ASTModel, load_model, read_checkpoint
-from ssast.engine import MaskedPatchObjective, Plateau, learning_rate, load_deepspeed_config
+from ssast import ASTModel, load, read_checkpoint
+from ssast.engine.config import load_deepspeed_config
+from ssast.engine.objective import MaskedPatchObjective
+from ssast.engine.schedule import Plateau, PlateauSchedule, learning_rate
 from ssast.engine.checkpointing import MARKER, complete_tags, export_source, tag_name
 
 needs_deepspeed = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="DeepSpeed is not installed")
 
 REPO = Path(__file__).resolve().parents[1]
-GEOMETRY = ["--model-config", "MODEL", "--fshape", "4", "--tshape", "4", "--input-tdim", "32", "--num-mel-bins", "16",
+GEOMETRY = ["--model-config", "MODEL", "--fshape", "4", "--tshape", "4", "--target-length", "32", "--num-mel-bins", "16",
             "--mask-patch", "8"]
 
 
@@ -75,6 +77,14 @@ def test_plateau_rejects_bad_settings():
 
 
 # ----------------------------------------------------------------------------- DeepSpeed JSON
+
+def test_plateau_schedule_is_the_rate_of_each_step():
+    """Pretraining's schedule: warm-up, then the plateau's scale, which only validations change."""
+    sched = PlateauSchedule(1e-3, 10, Plateau(mode="max", patience=1))
+    assert sched(0) == pytest.approx(1e-4) and sched(50) == pytest.approx(1e-3)
+    assert [sched.observe(v) for v in (0.5, 0.4, 0.4, 0.6, 0.5)] == [False, False, True, False, False]
+    assert sched(50) == pytest.approx(0.5e-3) and sched.plateau.reductions == 1
+
 
 def test_deepspeed_config(tmp_path):
     cfg = load_deepspeed_config(None, 6, "cpu")
@@ -186,7 +196,7 @@ def pretrain_data(tmp_path_factory):
 
 def _args(data, out, *extra):
     geo = [data["model"] if a == "MODEL" else a for a in GEOMETRY]
-    return ["pretrain", "--data", data["shards"], "--valid", data["valid"], "--out", str(out), *geo,
+    return ["pretrain", "--train", data["shards"], "--valid", data["valid"], "--out", str(out), *geo,
             "--batch-size", "4", "--num-workers", "0", "--lr", "1e-3", "--warmup-steps", "2", "--save-every", "3",
             "--valid-every", "3", "--log-every", "1", "--no-progress", *extra]
 
@@ -340,9 +350,11 @@ def test_export_and_reload(pretrain_data, tmp_path, capsys):
     ft = ASTModel(config=ft_cfg, load_pretrained_mdl_path=str(out))
     assert torch.equal(ft.v.blocks[1].mlp.fc1.weight, final.state["v.blocks.1.mlp.fc1.weight"])
     assert ft(torch.randn(2, 40, 16), "ft_avgtok").shape == (2, 3)
-    pre = load_model(run / "ssast.pt")
-    assert pre.stage == "pretrain" and pre.features["target_length"] == 32
-    assert torch.equal(pre.v.pos_embed, final.state["v.pos_embed"])
+    pre = load(run / "ssast.pt")
+    assert pre.stage == "pretrain" and pre.features.target_length == 32
+    assert torch.equal(pre.model.v.pos_embed, final.state["v.pos_embed"])
+    # The run folder itself is a model for every command: its newest complete checkpoint.
+    assert load(run).config == pre.config
 
 
 @needs_deepspeed

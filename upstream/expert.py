@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ssast import ASTModel, CheckpointError, read_checkpoint
+from ssast import CheckpointError, loading
 from ssast.features import AUDIOSET_MEAN, AUDIOSET_STD, fbank, frame_geometry, pad_or_crop
 
 SAMPLE_RATE = 16000
@@ -44,14 +44,10 @@ DEFAULT_WINDOW_SECS = 1.0
 PATCH_STRIDES = {(16, 16): (10, 10)}
 
 
-def model_type(fshape: int, input_fdim: int) -> str:
-    """``"frame"`` for patches that span all mel bins, ``"patch"`` otherwise."""
-    return "frame" if fshape == input_fdim else "patch"
-
-
-def s3prl_strides(fshape: int, tshape: int, input_fdim: int, path: str | None = None) -> tuple[int, int]:
-    """(fstride, tstride) that s3prl's ssast upstream uses for a patch shape."""
-    if model_type(fshape, input_fdim) == "frame":
+def s3prl_strides(config, path: str | None = None) -> tuple[int, int]:
+    """(fstride, tstride) that s3prl's ssast upstream uses for a model's patch shape."""
+    fshape, tshape = config.fshape, config.tshape
+    if config.is_frame_model:
         return fshape, 1
     if (fshape, tshape) in PATCH_STRIDES:
         return PATCH_STRIDES[(fshape, tshape)]
@@ -110,16 +106,16 @@ class UpstreamExpert(nn.Module):
 
         if ckpt is None:
             raise ValueError("no checkpoint given: pass ckpt= (s3prl: -k /path/to/checkpoint.pth)")
-        checkpoint = read_checkpoint(ckpt)
+        checkpoint = loading.read(ckpt)
         src = checkpoint.config
-        kind = model_type(src.fshape, src.input_fdim)
+        kind = "frame" if src.is_frame_model else "patch"
         if expect is not None and kind != expect:
             raise CheckpointError(
                 ckpt, f"expected an SSAST {expect} model, but the checkpoint holds a {kind} model "
                 f"({src.fshape}x{src.tshape} patches)"
             )
         if fstride is None or tstride is None:
-            default = s3prl_strides(src.fshape, src.tshape, src.input_fdim, str(ckpt))
+            default = s3prl_strides(src, str(ckpt))
             fstride = default[0] if fstride is None else fstride
             tstride = default[1] if tstride is None else tstride
 
@@ -132,14 +128,10 @@ class UpstreamExpert(nn.Module):
                 f"window_secs={window_secs} is too short: a window must hold at least {src.tshape} fbank "
                 f"frames ({src.tshape * FBANK_HOP / SAMPLE_RATE:g} s) for {src.fshape}x{src.tshape} patches"
             )
-        if checkpoint.format == "released" and checkpoint.pretrain_input is None:
-            # A released fine-tuned file does not record its strides; its positional grid is read
-            # with the strides asked for here.
-            checkpoint.config = src.replace(fstride=fstride, tstride=tstride)
-        cfg = src.replace(stage="finetune", fstride=fstride, tstride=tstride, input_tdim=target_length)
-        cfg.validate()
-        self.model = ASTModel(config=cfg)
-        self.model.load_from(checkpoint)
+        # The encoder at s3prl's strides and input length: the positional grid is resampled to it.
+        self.model = loading.load(checkpoint, stage="finetune", fstride=fstride, tstride=tstride,
+                                  target_length=target_length).model
+        cfg = self.model.config
 
         self.window_secs = window_secs
         self.model_type = kind

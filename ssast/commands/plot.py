@@ -6,15 +6,20 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 from pathlib import Path
 
+from ..audio import load_audio
+from ..device import default_device
+from ..features import FeatureConfig
+from ..loading import load
+from ..plots import file_spectrogram, plot_mask_visualization, plot_timeline
+
 
 def _need_matplotlib(cmd: str) -> bool:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("matplotlib") is None:
         print(f"ssast {cmd}: error: pictures need matplotlib (pip install matplotlib)", file=sys.stderr)
         return False
     return True
@@ -23,22 +28,16 @@ def _need_matplotlib(cmd: str) -> bool:
 def run_visualize(args) -> int:
     if not _need_matplotlib("visualize-mask"):
         return 2
-    import torch
-
-    from ..audio import load_audio
-    from ..model import load_model
-    from ..plots import plot_mask_visualization
-
-    model = load_model(args.checkpoint)
-    if model.stage != "pretrain":
-        raise ValueError(f"{args.checkpoint}: a fine-tuned model; the masked-patch view needs a pretraining checkpoint")
-    model.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    loaded = load(args.model)
+    if loaded.stage != "pretrain":
+        raise ValueError(f"{args.model}: a fine-tuned model; the masked-patch view needs a pretraining checkpoint")
+    model = loaded.model.to(default_device(args.device))
     wave = load_audio(args.audio, args.sample_rate)
     start = round(args.start * args.sample_rate)
     if start >= wave.numel():
         raise ValueError(f"{args.audio}: --start {args.start} s is past the end ({wave.numel() / args.sample_rate:.2f} s)")
     vis = plot_mask_visualization(model, wave[start:], args.out, mask_patch=args.mask_patch, cluster=args.cluster,
-                                  seed=args.seed, sample_rate=args.sample_rate,
+                                  seed=args.seed, sample_rate=args.sample_rate, features=loaded.features,
                                   title=f"{Path(args.audio).name} from {args.start:g} s")
     m, ok = vis.mask_index.shape[1], int(vis.correct.sum())
     print(f"wrote {args.out}: {ok} of {m} masked patches identified ({100 * ok / max(m, 1):.0f}%)")
@@ -48,9 +47,6 @@ def run_visualize(args) -> int:
 def run_timeline(args) -> int:
     if not _need_matplotlib("plot-timeline"):
         return 2
-    from ..features import FeatureConfig
-    from ..plots import file_spectrogram, plot_timeline
-
     try:
         data = json.loads(Path(args.result).read_text(encoding="utf-8"))
         files, settings = data["files"], data.get("settings", {})
@@ -80,7 +76,7 @@ def register(subparsers) -> None:
         description="Mask patches of a clip's spectrogram as in pretraining, and draw the input, the masked "
                     "input, and which masked patches the masked-patch classifier picks out. Needs a "
                     "pretraining-stage checkpoint and matplotlib.")
-    v.add_argument("checkpoint", help="pretraining checkpoint (project or released format)")
+    v.add_argument("model", help="pretraining model: checkpoint (project or released format) or run folder")
     v.add_argument("audio", help="audio file; the model's input length is taken from --start")
     v.add_argument("--out", required=True, help="output PNG")
     v.add_argument("--start", type=float, default=0.0, help="seconds into the file (default: 0)")
@@ -89,7 +85,7 @@ def register(subparsers) -> None:
                    help="mask square clusters of patches (default: yes for patch models, no for frame models)")
     v.add_argument("--seed", type=int, default=0, help="seed of the mask (default: 0)")
     v.add_argument("--sample-rate", type=int, default=16000)
-    v.add_argument("--device", help="device (default: cuda when available, else cpu)")
+    v.add_argument("--device", help="device (default: cuda when a GPU is visible, else cpu)")
     v.set_defaults(func=run_visualize)
 
     t = subparsers.add_parser(

@@ -1,32 +1,29 @@
-"""``ssast predict CHECKPOINT AUDIO... --out FILE``: score recordings in sliding windows.
+"""``ssast predict MODEL AUDIO... --out FILE``: score recordings in sliding windows.
 
 See :mod:`ssast.predict` for the windows, scores, detections and output formats.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from pathlib import Path
 
+from .. import options, plots
+from ..loading import load
+from ..predict import ACTIVATIONS, FORMATS, Predictor, infer_format, predict, write
+
 
 def run(args) -> int:
-    from ..predict import FORMATS, Predictor, infer_format, predict, write
-
     if not args.audio and not args.list:
         print("ssast predict: error: give audio files or folders, or --list FILE", file=sys.stderr)
         return 2
     fmt = args.format or infer_format(args.out)
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}")
     on_file = None
     if args.plot_dir:
-        try:
-            import matplotlib  # noqa: F401  (fail now, not after the run)
-        except ImportError:
+        if importlib.util.find_spec("matplotlib") is None:
             print("ssast predict: error: --plot-dir needs matplotlib (pip install matplotlib)", file=sys.stderr)
             return 2
-        from .. import plots
-
         plot_dir = Path(args.plot_dir)
         used: dict[str, int] = {}
 
@@ -42,12 +39,12 @@ def run(args) -> int:
                 spec = None
             plots.plot_timeline(result, plot_dir / f"{name}.png", spectrogram=spec, top=args.plot_top)
 
-    geometry = {k: getattr(args, k) for k in ("fshape", "tshape", "fstride", "tstride", "input_fdim", "input_tdim")}
-    predictor = Predictor.from_checkpoint(args.checkpoint, labels_csv=args.labels, activation=args.activation,
-                                          device=args.device, bf16=args.bf16, **geometry)
+    loaded = load(args.model, label_csv=args.label_csv, **options.load_options(args))
+    options.report_assumed(loaded, "predict")
+    predictor = Predictor(loaded, activation=args.activation, device=args.device, bf16=args.bf16)
     result = predict(predictor, args.audio, window=args.window, hop=args.hop, threshold=args.threshold,
                      top_k=args.top_k, batch_size=args.batch_size, recursive=args.recursive, list_file=args.list,
-                     merge_gap=args.merge_gap, keep_scores=bool(args.plot_dir), progress=not args.quiet,
+                     merge_gap=args.merge_gap, keep_scores=bool(args.plot_dir), progress=args.progress,
                      on_file=on_file)
     written = write(result, args.out, fmt)
     n_det = sum(len(f.detections) for f in result.files)
@@ -67,10 +64,11 @@ def register(subparsers) -> None:
                     "detections per label; summarize each file (with AudioMoth metadata when present). "
                     "Unreadable files are reported and skipped. Exit status 0 when at least one file was "
                     "processed.")
-    p.add_argument("checkpoint", help="fine-tuned model: a project checkpoint or a released AST/SSAST file")
+    p.add_argument("model", help="fine-tuned model: a checkpoint (project or released format), a fine-tuning run "
+                                 "folder, or a Hugging Face model folder")
     p.add_argument("audio", nargs="*", help="audio files and folders")
     p.add_argument("--out", required=True, help="output: FILE.csv, FILE.json, or a folder for Raven tables")
-    p.add_argument("--format", choices=("csv", "json", "raven"),
+    p.add_argument("--format", choices=FORMATS,
                    help="output format (default: from --out: .csv, .json, or a folder for raven). csv also "
                         "writes <stem>.detections.csv and <stem>.summary.csv beside it")
     p.add_argument("--list", help="text file with more paths, one per line (# comments allowed)")
@@ -86,20 +84,16 @@ def register(subparsers) -> None:
                    help="also merge detections of a label separated by at most this many seconds (default: 0, "
                         "overlapping or touching windows only)")
     g.add_argument("--top-k", type=int, default=5, help="labels listed per window (default: 5)")
-    g.add_argument("--activation", choices=("auto", "sigmoid", "softmax"), default="auto",
-                   help="auto: from the checkpoint's meta (multilabel/activation) when recorded, else sigmoid "
-                        "for 527 labels (AudioSet) and softmax otherwise")
-    g.add_argument("--labels", help="label CSV in the official class_labels_indices.csv format (index,mid,"
-                                    "display_name); default: the checkpoint's names, else LABEL_i")
+    g.add_argument("--activation", choices=ACTIVATIONS, default="auto",
+                   help="auto: sigmoid for multi-label models (as the checkpoint records, or AudioSet's 527 "
+                        "labels), softmax otherwise")
+    options.add_label_csv(g, "names of the model's outputs, in index order (default: the checkpoint's, else LABEL_i)")
+    options.add_model_options(p)
     r = p.add_argument_group("running")
-    r.add_argument("--batch-size", type=int, default=16, help="windows per batch (default: 16)")
-    r.add_argument("--device", help="device (default: cuda when available, else cpu)")
+    options.add_loading(r, 16, "windows", workers=None)
+    options.add_running(r)
     r.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=False,
                    help="run the model under bfloat16 autocast (default: no)")
-    r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.add_argument("--plot-dir", help="also write one detection timeline PNG per file here (needs matplotlib)")
     r.add_argument("--plot-top", type=int, default=5, help="labels drawn per timeline (default: 5)")
-    geo = p.add_argument_group("geometry of released fine-tuned files (not stored in them)")
-    for name in ("fshape", "tshape", "fstride", "tstride", "input-fdim", "input-tdim"):
-        geo.add_argument(f"--{name}", type=int)
     p.set_defaults(func=run)

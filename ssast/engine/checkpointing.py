@@ -28,12 +28,16 @@ import os
 import random
 import re
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from ..checkpoint import save_checkpoint, save_released
+from ..files import atomic_write, fsync_dir
+from ..model import ASTModel
+from .distributed import barrier
 
 log = logging.getLogger(__name__)
 
@@ -46,31 +50,6 @@ TAG_RE = re.compile(r"global_step(\d+)$")
 
 def tag_name(step: int) -> str:
     return f"global_step{step}"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a small file so that readers see the old content or the new one, never a part."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
 
 
 def read_marker(tag_dir: str | os.PathLike) -> dict | None:
@@ -190,8 +169,6 @@ class Checkpointer:
     # -- saving
     def save(self, engine, step: int, client_state: dict, rank_state: dict, meta: dict) -> dict[str, torch.Tensor]:
         """Save tag ``global_step<step>``; all ranks call this. Returns the fp32 weights it holds."""
-        from .distributed import barrier
-
         tag = tag_name(step)
         tag_dir = self.dir / tag
         weights = full_state_dict(engine.module)  # collective
@@ -210,10 +187,10 @@ class Checkpointer:
                 if f.is_file():
                     with open(f, "rb") as fh:
                         os.fsync(fh.fileno())
-            _fsync_dir(tag_dir)
-            atomic_write_text(tag_dir / MARKER, json.dumps({"step": step, "time": time.time(),
-                                                            "world_size": engine.world_size}))
-            atomic_write_text(self.dir / "latest", tag)
+            fsync_dir(tag_dir)
+            atomic_write(tag_dir / MARKER, json.dumps({"step": step, "time": time.time(),
+                                                       "world_size": engine.world_size}), durable=True)
+            atomic_write(self.dir / "latest", tag, durable=True)
             self.prune()
         barrier()
         return weights
@@ -226,23 +203,18 @@ class Checkpointer:
         for p in incomplete_tags(self.dir):
             shutil.rmtree(p, ignore_errors=True)
 
-    def model(self, weights: dict[str, torch.Tensor]):
-        from ..model import ASTModel
-
+    def model(self, weights: dict[str, torch.Tensor]) -> ASTModel:
         if self._model is None:
             self._model = ASTModel(config=self.model_config)
         self._model.load_state_dict(weights, strict=True)
         return self._model
 
-    def write_model(self, weights: dict[str, torch.Tensor], path: str | os.PathLike, meta: dict) -> None:
-        from ..checkpoint import save_checkpoint
-
-        save_checkpoint(self.model(weights), path, features=self.features, meta=meta)
+    def write_model(self, weights: dict[str, torch.Tensor], path: str | os.PathLike, meta: dict,
+                    labels: list[str] | None = None) -> None:
+        save_checkpoint(self.model(weights), path, features=self.features, labels=labels, meta=meta)
 
     def export(self, weights: dict[str, torch.Tensor], out_dir: str | os.PathLike, meta: dict) -> tuple[Path, Path]:
         """``OUT/ssast.pt`` (project format) and ``OUT/ssast_released.pth`` (released format). Rank 0."""
-        from ..checkpoint import save_released
-
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         self.write_model(weights, out / MODEL_FILE, meta)

@@ -11,55 +11,55 @@ gets:
   validation loss and metrics, the cumulative checkpoint-ensemble metric of the AST recipe),
   then the ``test`` row of the best model (and ``wa_valid``/``wa_test`` rows of the weight
   average when it is on); ``tensorboard/``, ``train.log``, ``metrics.jsonl``;
-- ``best.pt``: the best model by the validation metric (project format, with its labels,
-  feature settings and ``meta``: ``multilabel``, ``task``), read by ``ssast evaluate``,
-  ``ssast predict`` and :func:`ssast.load_finetuned`; ``wa.pt``: the weight average;
+- ``best.pt``: the best model by the validation metric (project format, with its label names
+  (display names; the ids in ``meta["label_ids"]``), feature settings and ``meta``:
+  ``multilabel``, ``task``), read by :func:`ssast.load` and every command that takes a model;
+  ``wa.pt``: the weight average;
 - ``checkpoints/``: the DeepSpeed checkpoint of the last epoch, for ``--resume``;
   ``predictions/``: each epoch's validation scores (the ensemble); ``wa/``: the weights of the
   averaged epochs.
 
-Epochs: every process reads ``ceil(N / (micro batch x accumulation x processes))`` steps per
-epoch, the epoch's clip order (a permutation, or with balanced sampling ``N`` draws with
-replacement by weight) wrapped around to fill the last step, and split across the processes.
-The order and the augmentation of every batch depend only on (seed, epoch, position), so a
-resumed run reads and augments what an uninterrupted run would.
+Epochs are read as :class:`ssast.engine.data.EpochStream` describes: a resumed run reads and
+augments what an uninterrupted run would.
 """
 from __future__ import annotations
 
 import csv
 import io
-import json
-import logging
 import math
-import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
 
-from ..augment import AugmentConfig, augment_batch
+from .. import loading
+from ..augment import AugmentConfig
+from ..checkpoint import read_checkpoint, save_checkpoint
 from ..config import ModelConfig
-from ..datasets import AudioDataset, SkipCounter, collate, frames_to_samples
-from ..features import FeatureConfig, FeatureExtractor, frame_geometry
-from ..sources import Source, SourceError, read_source
-from .checkpointing import Checkpointer, atomic_write_text, full_state_dict, rng_state, set_rng_state, tag_name
-from .config import TrainSettings, load_deepspeed_config, precision, zero_stage
+from ..datasets import AudioDataset, SkipCounter, frames_to_samples
+from ..features import FeatureConfig
+from ..files import atomic_write
+from ..metrics import compute_metrics
+from ..model import ASTModel
+from ..sources import Source, SourceError, match_labels, read_source
+from .checkpointing import Checkpointer, full_state_dict, rng_state, tag_name
+from .config import TrainSettings, load_deepspeed_config, zero_stage
+from .data import DeviceFeatures, EpochStream, EvalSet
 from .distributed import barrier, setup, teardown
-from .finetune_objective import ClassificationObjective, average_weights, balanced_weights, finetune_lr
+from .finetune_objective import ClassificationObjective, average_weights, balanced_weights
 from .logging import RunLog
 from .loop import TrainState, fit, validate
-from .schedule import Plateau
+from .schedule import finetune_lr
+from .setup import build_engine, check_resume, dtype_of, load_latest, open_run, seed_rank, seed_run, write_run_record
 
-log = logging.getLogger(__name__)
-
-RUN_FILE = "run.json"
 RESULTS = "results.csv"
-BEST = "best.pt"
+BEST = loading.BEST_MODEL
 WA = "wa.pt"
 FORMAT_VERSION = 1
 METRIC_COLUMNS = ("acc", "mAP", "mAUC", "d_prime", "precision", "recall")
+# Settings that must not change when a run is resumed.
+FIXED_ON_RESUME = ("train", "valid", "init", "features", "augment", "epochs", "batch_size", "lr", "task")
 
 
 @dataclass
@@ -71,7 +71,7 @@ class FinetuneConfig:
     valid: str | None = None
     test: str | None = None
     label_csv: str | None = None
-    init: str = "scratch"  # a checkpoint file or pretraining run folder, "scratch", "imagenet", "audioset"
+    init: str = "scratch"  # anything ssast.load takes (checkpoint, run folder), "scratch", "imagenet", "audioset"
     model_size: str = "base"
     model_config: dict | None = None  # encoder size fields (scratch only), instead of model_size
     fshape: int | None = None  # None: the checkpoint's, else 16
@@ -124,20 +124,14 @@ def is_multilabel(source: Source) -> bool:
 
 
 def conform(source: Source, labels: list[str], display_names: list[str] | None) -> Source:
-    """``source`` with the training label vocabulary (by id, else by display name).
+    """``source`` with the training label vocabulary (matched by id or display name).
 
     Raises SourceError naming the source and its labels that the training data does not have.
     """
     if source.labels == labels:
         return source
-    index = {name: name for name in labels}
-    if display_names:
-        for name, disp in zip(labels, display_names):
-            index.setdefault(disp, name)
-    unknown = sorted({lab for it in source.items for lab in it.labels if lab not in index})
-    if unknown:
-        raise SourceError(source.name, f"{len(unknown)} label(s) the training data does not have: "
-                                       f"{', '.join(unknown[:10])}{' ...' if len(unknown) > 10 else ''}")
+    pos = match_labels(source, labels, display_names, what="the training data")
+    index = {lab: labels[p] for lab, p in zip(source.labels, pos)}
     items = [type(it)(it.path, tuple(index[lab] for lab in it.labels)) for it in source.items]
     return Source(source.name, source.kind, items, list(labels), display_names)
 
@@ -150,147 +144,36 @@ def read_labelled(src: str, label_csv: str | None, what: str) -> Source:
     return source
 
 
-class _Indexed(torch.utils.data.Dataset):
-    """Items of a dataset with their position and the dataset's size (for pooling across ranks)."""
-
-    def __init__(self, dataset: AudioDataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int) -> dict:
-        item = self.dataset[i]
-        item["index"], item["size"] = i, len(self.dataset)
-        return item
-
-
-def _loader(dataset, batches: list[list[int]], num_workers: int, pin: bool) -> torch.utils.data.DataLoader:
-    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=num_workers,
-                                       pin_memory=pin, persistent_workers=False)
-
-
-def _seed(*parts: int) -> int:
-    return int(np.random.SeedSequence(list(parts)).generate_state(1, dtype=np.uint64)[0]) >> 1
-
-
-class EpochStream:
-    """Training micro-batches, epoch after epoch, from any step (see the module docstring)."""
-
-    def __init__(self, dataset: AudioDataset, micro_batch: int, accumulation: int, world: int, rank: int, seed: int,
-                 weights: torch.Tensor | None = None, num_workers: int = 0, pin_memory: bool = False):
-        self.dataset, self.micro, self.accum, self.world, self.rank = dataset, micro_batch, accumulation, world, rank
-        self.seed, self.weights, self.num_workers, self.pin = seed, weights, num_workers, pin_memory
-        self.per_step = micro_batch * accumulation * world
-        self.steps_per_epoch = max(1, math.ceil(len(dataset) / self.per_step))
-
-    def order(self, epoch: int) -> torch.Tensor:
-        """All processes' clip indices of epoch ``epoch`` (steps_per_epoch x clips per step,)."""
-        n = len(self.dataset)
-        g = torch.Generator().manual_seed(_seed(self.seed, epoch))
-        if self.weights is None:
-            idx = torch.randperm(n, generator=g)
-        else:  # WeightedRandomSampler(weights, n, replacement=True)
-            idx = torch.multinomial(self.weights.to(torch.float64), n, replacement=True, generator=g)
-        total = self.steps_per_epoch * self.per_step
-        return idx.repeat(math.ceil(total / n))[:total]
-
-    def batches(self, step: int) -> Iterator[dict]:
-        epoch, done = divmod(step, self.steps_per_epoch)
-        while True:
-            mine = self.order(epoch).view(-1, self.world, self.micro)[:, self.rank]  # (micro-batches, micro)
-            first = done * self.accum
-            self.dataset.set_epoch(epoch)  # crops of longer clips depend on (seed, epoch, index)
-            loader = _loader(self.dataset, mine[first:].tolist(), self.num_workers, self.pin)
-            for i, batch in enumerate(loader, start=first):
-                batch["train"], batch["seed"] = True, _seed(self.seed, epoch, self.rank, i)
-                yield batch
-            epoch, done = epoch + 1, 0
-
-
-class EvalSet:
-    """A fixed labelled set, read in order from the start of each clip, split across ranks."""
-
-    def __init__(self, dataset: AudioDataset, batch_size: int, world: int, rank: int, num_workers: int = 0,
-                 pin_memory: bool = False):
-        idx = list(range(rank, len(dataset), world))
-        self.batches = [idx[i:i + batch_size] for i in range(0, len(idx), batch_size)]
-        self.dataset, self.num_workers, self.pin = _Indexed(dataset), num_workers, pin_memory
-
-    def __iter__(self):
-        return iter(_loader(self.dataset, self.batches, self.num_workers, self.pin))
-
-
-class FinetuneFeatures:
-    """Waveforms -> model input; training batches are augmented (off at evaluation)."""
-
-    def __init__(self, config: FeatureConfig, augment: AugmentConfig, device: torch.device,
-                 dtype: torch.dtype = torch.float32):
-        self.config, self.augment, self.device, self.dtype = config, augment, device, dtype
-        self.extractor = FeatureExtractor(config)
-        self.min_length = frame_geometry(config.sample_rate, config.frame_length_ms, config.frame_shift_ms)[0]
-
-    def __call__(self, batch: dict) -> torch.Tensor:
-        wave = batch["wave"].to(self.device, non_blocking=True)  # (B, S)
-        lengths = batch["length"].to(self.device).clamp(min=self.min_length, max=wave.shape[-1])  # (B,)
-        if batch.get("train") is True and self.augment.active:
-            g = torch.Generator().manual_seed(batch["seed"])
-            feats, target = augment_batch(wave, batch["target"].to(self.device), self.extractor, self.augment, g,
-                                          lengths=lengths)
-            batch["target"] = target  # mixed by mixup
-        else:
-            feats = self.extractor(wave, lengths=lengths)
-        return feats.to(self.dtype)  # (B, T, F)
-
-    def dummy(self, batch_size: int) -> torch.Tensor:
-        c = self.config
-        return torch.zeros(batch_size, c.target_length, c.num_mel_bins, device=self.device, dtype=self.dtype)
-
-
 # ----------------------------------------------------------------------------- model
 
-def build_model(cfg: FinetuneConfig, label_dim: int):
+def build_model(cfg: FinetuneConfig, label_dim: int) -> tuple[ASTModel, str]:
     """The model to fine-tune, initialised as ``cfg.init`` says; returns (model, description)."""
-    from ..checkpoint import read_checkpoint
-    from ..model import ASTModel
-    from .checkpointing import export_source
-
     f = cfg.features
     geo = dict(fstride=cfg.fstride, tstride=cfg.tstride, input_fdim=f.num_mel_bins, input_tdim=f.target_length,
                label_dim=label_dim, stage="finetune", default_task=cfg.task)
     if cfg.init in ("scratch", "imagenet", "audioset"):
         shape = dict(fshape=cfg.fshape or 16, tshape=cfg.tshape or 16)
-        if cfg.init == "scratch":
-            if cfg.model_config is not None:
-                base = ModelConfig.from_dict({"model_size": "custom", **cfg.model_config, **shape, **geo})
-            else:
-                base = ModelConfig.from_size(cfg.model_size, **shape, **geo)
-            return ASTModel(config=base), "random initialisation (scratch)"
-        if cfg.model_config is not None:
+        if cfg.model_config is not None and cfg.init != "scratch":
             raise ValueError("--model-config applies to --init scratch only (pretrained weights fix the size)")
-        size = "base384" if cfg.init == "audioset" else cfg.model_size
-        model = ASTModel(label_dim, shape["fshape"], shape["tshape"], cfg.fstride, cfg.tstride, f.num_mel_bins,
-                         f.target_length, model_size=size, pretrain_stage=False,
-                         imagenet_pretrain=cfg.init == "imagenet", audioset_pretrain=cfg.init == "audioset")
-        model.config.default_task = cfg.task
-        return model, ("AST's AudioSet model" if cfg.init == "audioset" else f"ImageNet DeiT weights ({size})")
-    path = Path(cfg.init)
-    if not path.exists():
-        raise FileNotFoundError(f"{cfg.init}: no such checkpoint or run folder (--init takes a checkpoint, a "
-                                "pretraining run folder, scratch, imagenet or audioset)")
-    src = export_source(path) if path.is_dir() else str(path)
-    ckpt = read_checkpoint(src, fstride=cfg.fstride, tstride=cfg.tstride, input_fdim=f.num_mel_bins)
+        if cfg.model_config is not None:
+            config = ModelConfig.from_dict({"model_size": "custom", **cfg.model_config, **shape, **geo})
+        else:
+            config = ModelConfig.from_size("base384" if cfg.init == "audioset" else cfg.model_size, **shape, **geo)
+        model = ASTModel(config=config)
+        if cfg.init == "scratch":
+            return model, "random initialisation (scratch)"
+        return model, loading.initialize(model, imagenet=cfg.init == "imagenet", audioset=cfg.init == "audioset")
+    if cfg.model_config is not None:
+        raise ValueError("--model-config applies to --init scratch only (the checkpoint fixes the size)")
+    ckpt = loading.read(cfg.init)
     have = ckpt.config
     for name in ("fshape", "tshape"):
         want = getattr(cfg, name)
         if want is not None and want != getattr(have, name):
-            raise ValueError(f"{src}: the checkpoint has {have.fshape}x{have.tshape} patches but --{name} {want} "
+            raise ValueError(f"{ckpt.path}: the checkpoint has {have.fshape}x{have.tshape} patches but --{name} {want} "
                              "was given")
-    if cfg.model_config is not None:
-        raise ValueError("--model-config applies to --init scratch only (the checkpoint fixes the size)")
     model = ASTModel(config=have.replace(**geo))
-    model.load_from(ckpt)
-    return model, f"{src} ({ckpt.format} format, {ckpt.stage} stage)"
+    return model, loading.initialize(model, ckpt)
 
 
 def param_groups(model, head_lr: float, freeze_encoder: bool) -> list[dict]:
@@ -318,16 +201,10 @@ def write_results(path: Path, header: list[str], rows: list[dict]) -> None:
     w.writeheader()
     for r in rows:
         w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-    atomic_write_text(path, buf.getvalue())
+    atomic_write(path, buf.getvalue(), durable=True)
 
 
 # ----------------------------------------------------------------------------- run
-
-def _seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
 
 def resolve(cfg: FinetuneConfig):
     """Sources with one label vocabulary, and the run's multi-label, loss and metric choices."""
@@ -360,8 +237,6 @@ def finetune(cfg: FinetuneConfig) -> int:
 
 
 def _run(cfg: FinetuneConfig, dist) -> int:
-    import deepspeed
-
     run_dir = Path(cfg.out)
     train_src, valid_src, test_src, labels, names, multilabel, loss, metric = resolve(cfg)
     objective = ClassificationObjective(cfg.task, loss, multilabel, metric)
@@ -373,14 +248,12 @@ def _run(cfg: FinetuneConfig, dist) -> int:
     if zero_stage(ds_config) > 2:
         raise ValueError("fine-tuning runs with ZeRO stage 0, 1 or 2 (the model is small; stage 3 would need "
                          "gathered weights for the exports and the final evaluation)")
-    _seed_all(cfg.seed)
+    seed_run(cfg.seed)
     model, init_text = build_model(cfg, len(labels))
     groups = param_groups(model, cfg.head_lr, cfg.freeze_encoder)
-    optimizer = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas))
-    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision(ds_config), torch.float32)
-    _seed_all(cfg.seed * 1000 + dist.rank)
+    engine = build_engine(model, groups, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas,
+                          ds_config=ds_config)
+    seed_rank(cfg.seed, dist.rank)
 
     f = cfg.features
     num_samples = frames_to_samples(f.target_length, f.sample_rate, f.frame_length_ms, f.frame_shift_ms)
@@ -396,7 +269,7 @@ def _run(cfg: FinetuneConfig, dist) -> int:
     pin = dist.device.type == "cuda"
     stream = EpochStream(train_ds, micro, accum, world, dist.rank, cfg.seed, weights, cfg.num_workers, pin)
     valid = EvalSet(valid_ds, micro, world, dist.rank, cfg.num_workers, pin)
-    features = FinetuneFeatures(f, cfg.augment, dist.device, dtype)
+    features = DeviceFeatures(f, dist.device, dtype_of(ds_config), cfg.augment)
     spe = stream.steps_per_epoch
     total = spe * cfg.epochs
     warmup = cfg.warmup_steps if cfg.warmup else 0
@@ -405,43 +278,31 @@ def _run(cfg: FinetuneConfig, dist) -> int:
                              keep_last=1, log_every=max(1, min(cfg.log_every, spe)), seed=cfg.seed,
                              num_workers=cfg.num_workers)
 
-    def lr_fn(st: TrainState) -> float:
-        return finetune_lr(st.step, lr=cfg.lr, steps_per_epoch=spe, total_steps=total, schedule=cfg.schedule,
+    def lr_fn(step: int) -> float:
+        return finetune_lr(step, lr=cfg.lr, steps_per_epoch=spe, total_steps=total, schedule=cfg.schedule,
                            warmup_steps=warmup, start=cfg.lr_scheduler_start, step_size=cfg.lr_scheduler_step,
                            decay=cfg.lr_decay)
 
     ckpt = Checkpointer(run_dir, dist.rank, 1, model.config, f.to_dict())
-    found = ckpt.latest()
-    if found is not None and not cfg.resume:
-        raise ValueError(f"{run_dir}: holds a run (checkpoint at epoch {found[0] // spe}); pass --resume to continue "
-                         "it, or choose another --out")
-    state = TrainState(epoch_steps=spe, plateau=Plateau(mode="max"))
+    found = open_run(ckpt, cfg.resume)
+    state = TrainState(epoch_steps=spe)
     rows: list[dict] = []
     if found is not None:
-        old = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8")) if (run_dir / RUN_FILE).exists() else {}
-        now = cfg.to_dict()
-        diffs = [k for k in ("train", "valid", "init", "features", "augment", "epochs", "batch_size", "lr", "task")
-                 if k in old and old[k] != now[k]]
-        if diffs:
-            raise ValueError(f"{run_dir}: cannot resume with different settings ({', '.join(diffs)}); use the run's "
-                             "own settings or another --out")
-        if dist.main:
-            ckpt.remove_incomplete()
-        barrier()
-        found = ckpt.latest()
-        client, rank_state = ckpt.load(engine, found[1])
-        state = TrainState.from_dict(client["state"])
-        rows = client["rows"]
-        if rank_state is not None:
-            set_rng_state(rank_state["rng"])
+        check_resume(run_dir, cfg.to_dict(), FIXED_ON_RESUME)
+        resumed = load_latest(ckpt, engine, dist.main)
+        state = TrainState.from_dict(resumed.client["state"])
+        rows = resumed.client["rows"]
 
+    # Outputs are named by their display names (what predictions, tables and exports show); the
+    # ids (AudioSet mids, class folder names) go with them in the meta.
+    display = list(names) if names else list(labels)
     meta_base = {"source": "ssast finetune", "multilabel": multilabel, "task": cfg.task, "loss": loss,
-                 "metric": metric, "init": cfg.init, "activation": "sigmoid" if multilabel else "softmax"}
+                 "metric": metric, "init": cfg.init, "label_ids": list(labels)}
     header = results_header(metric)
     runlog = RunLog(run_dir, dist.main, total, start_step=state.step, progress=cfg.progress, desc="finetune")
     try:
         if dist.main:
-            atomic_write_text(run_dir / RUN_FILE, json.dumps(cfg.to_dict(), indent=1))
+            write_run_record(run_dir, cfg.to_dict())
         nparams = sum(p.numel() for p in model.parameters())
         ntrain = sum(p.numel() for g in groups for p in g["params"])
         runlog.info("ssast finetune: %d training clips, %d validation, %s test; %d labels, %s, loss %s, metric %s",
@@ -462,10 +323,7 @@ def _run(cfg: FinetuneConfig, dist) -> int:
         wa_end = cfg.wa_end or cfg.epochs
 
         def export(weights: dict, path: Path, meta: dict) -> None:
-            from ..checkpoint import save_checkpoint
-
-            m = ckpt.model(weights)
-            save_checkpoint(m, path, features=f.to_dict(), labels=labels, meta={**meta_base, **meta})
+            save_checkpoint(ckpt.model(weights), path, features=f.to_dict(), labels=display, meta={**meta_base, **meta})
 
         def on_best(st: TrainState, metrics: dict) -> None:
             weights = full_state_dict(engine.module)
@@ -483,15 +341,13 @@ def _run(cfg: FinetuneConfig, dist) -> int:
                 np.save(pred_dir / f"valid_epoch{epoch:03d}.npy", objective.last_scores.numpy())
                 total_scores = sum(torch.from_numpy(np.load(pred_dir / f"valid_epoch{e:03d}.npy"))
                                    for e in range(1, epoch + 1))
-                from ..metrics import compute_metrics
-
                 ens = compute_metrics(total_scores / epoch, objective.last_targets, multilabel)[metric]
             if cfg.wa and cfg.wa_start <= epoch <= wa_end:
                 weights = full_state_dict(engine.module)
                 if dist.main:
                     wa_dir.mkdir(exist_ok=True)
                     torch.save(weights, wa_dir / f"epoch{epoch:03d}.pt")
-            row = {"split": "valid", "epoch": epoch, "step": st.step, "lr": lr_fn(TrainState(step=st.step - 1)),
+            row = {"split": "valid", "epoch": epoch, "step": st.step, "lr": lr_fn(st.step - 1),
                    "train_loss": train_loss, **{k: metrics[k] for k in METRIC_COLUMNS + ("loss",)},
                    f"ensemble_{metric}": ens, "best": int(st.best_step == st.step)}
             rows.append(row)
@@ -509,7 +365,7 @@ def _run(cfg: FinetuneConfig, dist) -> int:
 
         if state.step < total:
             state = fit(engine, objective, stream, features, settings, state, rank=dist.rank, runlog=runlog,
-                        valid=valid, save=save, on_best=on_best, on_valid=on_valid, lr_fn=lr_fn)
+                        lr=lr_fn, valid=valid, save=save, on_best=on_best, on_valid=on_valid)
 
         # Final evaluation: the best model (and the weight average) on the validation and test sets.
         rows = [r for r in rows if r["split"] == "valid"]
@@ -527,8 +383,6 @@ def _run(cfg: FinetuneConfig, dist) -> int:
             evals.append(("wa_valid", run_dir / WA, valid))
             if test_ds is not None:
                 evals.append(("wa_test", run_dir / WA, EvalSet(test_ds, micro, world, dist.rank, cfg.num_workers, pin)))
-        from ..checkpoint import read_checkpoint
-
         for split, path, data in evals:
             engine.module.load_state_dict(read_checkpoint(path).state, strict=True)
             metrics = validate(engine, objective, data, features, micro)

@@ -6,66 +6,20 @@ binary cross-entropy for multi-label data, or as chosen), and its evaluator scor
 validation set with :func:`ssast.metrics.compute_metrics` (softmax probabilities for
 single-label data, sigmoid for multi-label, as ``ssast evaluate`` does).
 
-The schedule functions are pure: the rate of an update is a function of its step.
+Also the recipes' balanced sampling weights and weight averaging (pure functions).
 """
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import torch
 import torch.nn.functional as F
 
-from ..metrics import compute_metrics
+from ..metrics import compute_metrics, probabilities
 from .distributed import all_max, all_reduce_sum
 
 LOSSES = ("ce", "bce")
-SCHEDULES = ("step", "cosine")
-
-
-# ----------------------------------------------------------------------------- schedules
-
-def step_decay_factor(epoch: int, start: int, step: int, decay: float) -> float:
-    """The official step schedule's factor for epoch ``epoch`` (counted from 0).
-
-    The recipes build ``MultiStepLR(milestones=range(start, 1000, step), gamma=decay)`` and step
-    it after every epoch, so epoch ``e`` (from 0) runs at ``decay ** #{m in milestones: m <= e}``:
-    the first ``start`` epochs at the full rate, then one more factor every ``step`` epochs.
-    """
-    if epoch < 0:
-        raise ValueError(f"epoch must be >= 0, got {epoch}")
-    if step < 1:
-        raise ValueError(f"lr-scheduler-step must be >= 1, got {step}")
-    if epoch < start:
-        return 1.0
-    return decay ** ((epoch - start) // step + 1)
-
-
-def cosine_factor(step: int, total_steps: int, warmup_steps: int = 0, final: float = 0.0) -> float:
-    """Cosine decay from 1 to ``final`` over the steps after the warm-up (steps from 0)."""
-    if total_steps <= warmup_steps:
-        return 1.0
-    t = min(max(step - warmup_steps, 0) / (total_steps - warmup_steps), 1.0)
-    return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * t))
-
-
-def finetune_lr(step: int, *, lr: float, steps_per_epoch: int, total_steps: int, schedule: str = "step",
-                warmup_steps: int = 0, start: int = 5, step_size: int = 1, decay: float = 0.85) -> float:
-    """Rate of the update that takes the model from ``step`` to ``step + 1``.
-
-    ``step``: the official per-epoch step decay (:func:`step_decay_factor`); ``cosine``: per-step
-    cosine decay to 0 (:func:`cosine_factor`). A warm-up multiplies the first ``warmup_steps``
-    updates by ``(step + 1) / warmup_steps`` (the official recipes ramp over 1000 iterations).
-    """
-    if schedule == "step":
-        factor = step_decay_factor(step // steps_per_epoch, start, step_size, decay)
-    elif schedule == "cosine":
-        factor = cosine_factor(step, total_steps, warmup_steps)
-    else:
-        raise ValueError(f"unknown schedule {schedule!r}: expected one of {', '.join(SCHEDULES)}")
-    if warmup_steps > 0 and step < warmup_steps:
-        factor *= (step + 1) / warmup_steps
-    return lr * factor
 
 
 # ----------------------------------------------------------------------------- sampling and averaging
@@ -114,11 +68,6 @@ def classification_loss(logits: torch.Tensor, target: torch.Tensor, loss: str) -
     raise ValueError(f"unknown loss {loss!r}: expected one of {', '.join(LOSSES)}")
 
 
-def activate(logits: torch.Tensor, multilabel: bool) -> torch.Tensor:
-    logits = logits.float()
-    return logits.sigmoid() if multilabel else logits.softmax(dim=-1)
-
-
 class ClassificationObjective:
     """Supervised fine-tuning: one forward pass through ``task``, the classification loss.
 
@@ -129,7 +78,7 @@ class ClassificationObjective:
 
     mode = "max"
 
-    def __init__(self, task: str, loss: str, multilabel: bool, metric: str, num_clips_valid: int | None = None):
+    def __init__(self, task: str, loss: str, multilabel: bool, metric: str):
         if loss not in LOSSES:
             raise ValueError(f"unknown loss {loss!r}: expected one of {', '.join(LOSSES)}")
         if metric not in ("acc", "mAP"):
@@ -179,7 +128,7 @@ class ClassificationEvaluator:
         target = batch["target"].to(logits.device, torch.float32)
         self.loss += torch.tensor([float(classification_loss(logits, target, o.loss)) * x.shape[0], x.shape[0]],
                                   dtype=torch.float64)
-        scores = activate(logits, o.multilabel).cpu()
+        scores = probabilities(logits, o.multilabel).cpu()
         for row, idx in enumerate(batch["index"]):
             self.rows[int(idx)] = scores[row]
             self.targets[int(idx)] = target[row].cpu()
@@ -205,9 +154,3 @@ class ClassificationEvaluator:
         out["loss"] = float(loss[0] / loss[1])
         out["clips"] = int(keep.sum())
         return out
-
-
-def label_order(source_labels: Sequence[str], labels: Sequence[str]) -> list[int]:
-    """Positions in ``labels`` of each of ``source_labels`` (KeyError naming the first unknown)."""
-    pos = {name: i for i, name in enumerate(labels)}
-    return [pos[name] for name in source_labels]

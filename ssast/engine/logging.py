@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpointing import atomic_write_text
+from ..files import atomic_write
 
 LOGGER = "ssast.engine"
 
@@ -95,7 +95,7 @@ class RunLog:
                     keep.append(line)
             except ValueError:
                 pass  # a line cut short by a kill
-        atomic_write_text(path, "".join(k + "\n" for k in keep))
+        atomic_write(path, "".join(k + "\n" for k in keep))
 
     def info(self, msg: str, *args) -> None:
         if self.active:

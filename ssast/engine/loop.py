@@ -1,25 +1,25 @@
 """The training loop: flat, one optimizer step per iteration, objective and metrics plugged in.
 
-Per step: set the learning rate from the pure schedule, run ``accumulation`` micro-batches
-(features on the device, the objective's loss, DeepSpeed's backward and step), then, on their
-intervals, log, validate (plateau schedule and best export) and save a checkpoint. The masks
-of a micro-batch come from a generator seeded by ``(seed, rank, micro-batch index)``, so a
-resumed run draws the same masks as an uninterrupted one without saving generator states.
+Per step: set the learning rate from the schedule (a function of the step), run
+``accumulation`` micro-batches (features on the device, the objective's loss, DeepSpeed's
+backward and step), then, on their intervals, log, validate (best model, and whatever the run
+does after a validation, such as pretraining's plateau) and save a checkpoint. The masks of a
+micro-batch come from a generator seeded by ``(seed, rank, micro-batch index)``, so a resumed
+run draws the same masks as an uninterrupted one without saving generator states.
 """
 from __future__ import annotations
 
 import datetime
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Callable
 
-import numpy as np
 import torch
 
+from .. import seeds
 from .distributed import all_max, all_reduce_sum
 from .logging import memory_bytes
-from .schedule import Plateau, learning_rate
 
 
 @dataclass
@@ -28,27 +28,21 @@ class TrainState:
 
     step: int = 0
     epoch_steps: int = 4000  # optimizer steps per data epoch (see ssast.engine.data)
-    plateau: Plateau = field(default_factory=Plateau)
     best: float | None = None  # best validation metric so far
     best_step: int | None = None
     last_valid: dict | None = None
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["plateau"] = self.plateau.to_dict()
-        return d
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainState":
-        d = dict(d)
-        d["plateau"] = Plateau.from_dict(d["plateau"])
         return cls(**d)
 
 
 def step_generator(seed: int, rank: int, micro_index: int, device: torch.device) -> torch.Generator:
     """The generator of one micro-batch's masks: a function of (seed, rank, micro-batch index)."""
-    s = int(np.random.SeedSequence([seed, rank, micro_index]).generate_state(1, dtype=np.uint64)[0]) >> 1
-    return torch.Generator(device=device).manual_seed(s)
+    return seeds.generator(seed, "masks", rank, micro_index, device=device)
 
 
 class _Window:
@@ -88,20 +82,19 @@ def validate(engine, objective, valid, features, micro_batch: int) -> dict[str, 
 
 
 def fit(engine, objective, stream, features, settings, state: TrainState, *, rank: int, runlog,
-        valid=None, save: Callable[[TrainState], None] | None = None,
+        lr: Callable[[int], float], valid=None, save: Callable[[TrainState], None] | None = None,
         on_best: Callable[[TrainState, dict], None] | None = None,
-        skip_counts: Callable[[], torch.Tensor] | None = None,
-        lr_fn: Callable[[TrainState], float] | None = None,
-        on_valid: Callable[[TrainState, dict], None] | None = None) -> TrainState:
+        on_valid: Callable[[TrainState, dict], None] | None = None,
+        skip_counts: Callable[[], torch.Tensor] | None = None) -> TrainState:
     """Train from ``state.step`` to ``settings.max_steps``; returns the final state.
 
     ``stream.batches(step)``: the micro-batches from a step on; ``features(batch)``: model input;
     ``objective.train_step(engine, x, batch, generator) -> (loss, metrics)``;
+    ``lr(step)``: the rate of the update from ``step`` (a parameter group with an ``lr_scale``
+    entry gets the rate times that scale);
     ``save(state)``: write a checkpoint (every ``save_every`` steps and at the end);
     ``on_best(state, metrics)``: called after a validation that improved the best metric;
-    ``on_valid(state, metrics)``: called after every validation (after ``on_best``);
-    ``lr_fn(state)``: the rate of the next update (default: warm-up and plateau schedule). A
-    parameter group with an ``lr_scale`` entry gets the rate times that scale.
+    ``on_valid(state, metrics)``: called after every validation (after ``on_best``).
     """
     device = features.device
     accum = engine.gradient_accumulation_steps()
@@ -112,12 +105,9 @@ def fit(engine, objective, stream, features, settings, state: TrainState, *, ran
     win = _Window()
     while state.step < settings.max_steps:
         t_step = time.perf_counter()
-        if lr_fn is not None:
-            lr = lr_fn(state)
-        else:
-            lr = learning_rate(state.step, settings.lr, settings.warmup_steps, state.plateau.scale)
+        rate = lr(state.step)
         for group in engine.optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
+            group["lr"] = rate * group.get("lr_scale", 1.0)
         for k in range(accum):
             t_wait = time.perf_counter()
             batch = next(batches)
@@ -141,7 +131,7 @@ def fit(engine, objective, stream, features, settings, state: TrainState, *, ran
             values = {n: float(total[i] / total[-1]) for i, n in enumerate(names)}
             if math.isnan(values.get("loss", 0.0)):
                 raise RuntimeError(f"training diverged: the loss is NaN at step {state.step}")
-            perf = {"lr": lr, "clips_per_s": clips_per_step * win.steps / max(win.seconds, 1e-9),
+            perf = {"lr": rate, "clips_per_s": clips_per_step * win.steps / max(win.seconds, 1e-9),
                     "data_wait_frac": win.wait / max(win.seconds, 1e-9),
                     "memory_gb": memory_bytes(device) / 2**30}
             norm = engine.get_global_grad_norm() if hasattr(engine, "get_global_grad_norm") else None
@@ -153,10 +143,10 @@ def fit(engine, objective, stream, features, settings, state: TrainState, *, ran
             runlog.scalars(state.step, perf, "perf")
             eta = (settings.max_steps - state.step) * win.seconds / win.steps
             runlog.info("step %d/%d  %s  lr %.3g  %.1f clips/s  data wait %.0f%%  mem %.2f GB  eta %s", state.step,
-                        settings.max_steps, "  ".join(f"{k} {v:.4f}" for k, v in values.items()), lr,
+                        settings.max_steps, "  ".join(f"{k} {v:.4f}" for k, v in values.items()), rate,
                         perf["clips_per_s"], 100 * perf["data_wait_frac"], perf["memory_gb"],
                         datetime.timedelta(seconds=round(eta)))
-            runlog.advance(1, loss=f"{values.get('loss', float('nan')):.4f}", lr=f"{lr:.2e}")
+            runlog.advance(1, loss=f"{values.get('loss', float('nan')):.4f}", lr=f"{rate:.2e}")
             win = _Window()
         else:
             runlog.advance(1)
@@ -165,16 +155,12 @@ def fit(engine, objective, stream, features, settings, state: TrainState, *, ran
             t0 = time.perf_counter()
             metrics = validate(engine, objective, valid, features, micro)
             value = metrics[objective.metric]
-            reductions = state.plateau.reductions
-            state.plateau = state.plateau.update(value)
             state.last_valid = {"step": state.step, **metrics}
             improved = state.best is None or (value > state.best if objective.mode == "max" else value < state.best)
-            runlog.scalars(state.step, {**{k: float(v) for k, v in metrics.items()}, "lr_scale": state.plateau.scale},
-                           "valid")
-            runlog.info("validation at step %d: %s (%d clips, %.1f s)%s%s", state.step,
+            runlog.scalars(state.step, {k: float(v) for k, v in metrics.items()}, "valid")
+            runlog.info("validation at step %d: %s (%d clips, %.1f s)%s", state.step,
                         "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "clips"), metrics["clips"],
-                        time.perf_counter() - t0, "  new best" if improved else "",
-                        f"  learning rate halved (now x{state.plateau.scale:g})" if state.plateau.reductions > reductions else "")
+                        time.perf_counter() - t0, "  new best" if improved else "")
             if improved:
                 state.best, state.best_step = float(value), state.step
                 if on_best is not None:

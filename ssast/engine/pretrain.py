@@ -11,27 +11,26 @@ validation metric improves.
 from __future__ import annotations
 
 import json
-import logging
-import os
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..config import ModelConfig
+from ..datasets import SkipCounter
 from ..features import FeatureConfig
-from .checkpointing import (MODEL_FILE, RELEASED_FILE, Checkpointer, atomic_write_text, full_state_dict, rng_state,
-                            set_rng_state, tag_name)
+from ..files import atomic_write
+from ..model import ASTModel
+from .checkpointing import MODEL_FILE, RELEASED_FILE, Checkpointer, full_state_dict, rng_state, tag_name
 from .config import DataSettings, TrainSettings, load_deepspeed_config, precision, zero_stage
+from .data import DeviceFeatures, TrainStream, ValidSet
 from .distributed import all_reduce_sum, barrier, setup, teardown
 from .logging import RunLog
 from .loop import TrainState, fit
 from .objective import MaskedPatchObjective
-from .schedule import Plateau
+from .schedule import Plateau, PlateauSchedule
+from .setup import build_engine, check_resume, dtype_of, load_latest, open_run, seed_rank, seed_run, write_run_record
 
-RUN_FILE = "run.json"
 FORMAT_VERSION = 1
 # Settings that must not change when a run is resumed: they define what is being trained.
 FIXED_ON_RESUME = ("model", "features", "objective")
@@ -60,7 +59,7 @@ class PretrainConfig:
         if self.cluster is not None:
             return self.cluster
         # A frame model's patch spans every mel bin: clusters would only be runs of frames.
-        return self.model.fshape != self.model.input_fdim
+        return not self.model.is_frame_model
 
     def objective_dict(self) -> dict:
         return {"objective": self.objective, "mask_patch": self.mask_patch, "cluster": self.resolved_cluster(),
@@ -70,29 +69,6 @@ class PretrainConfig:
         return {"version": FORMAT_VERSION, "model": self.model.to_dict(), "features": self.features.to_dict(),
                 "objective": self.objective_dict(), "train": self.train.to_dict(), "data": self.data.to_dict(),
                 "deepspeed_config": self.deepspeed_config}
-
-
-def _seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _check_resume(cfg: PretrainConfig, run_dir: Path) -> None:
-    """Refuse to resume a run with a different model, features or objective."""
-    path = run_dir / RUN_FILE
-    try:
-        old = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return
-    new = cfg.to_dict()
-    diffs = []
-    for section in FIXED_ON_RESUME:
-        a, b = old.get(section) or {}, new[section]
-        diffs += [f"{section}.{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-    if diffs:
-        raise ValueError(f"{run_dir}: cannot resume with different settings ({'; '.join(diffs)}); "
-                         "use the run's own settings or another --out")
 
 
 def _meta(cfg: PretrainConfig, state: TrainState, ds_config: dict, world: int) -> dict:
@@ -122,57 +98,37 @@ def pretrain(cfg: PretrainConfig) -> int:
 
 
 def _run(cfg: PretrainConfig, objective: MaskedPatchObjective, dist) -> int:
-    import deepspeed
-
     run_dir = Path(cfg.out)
     ckpt = Checkpointer(run_dir, dist.rank, cfg.train.keep_last, cfg.model, cfg.features.to_dict())
-    found = ckpt.latest()
-    if found is not None and not cfg.resume:
-        raise ValueError(f"{run_dir}: holds a run (checkpoint at step {found[0]}); pass --resume to continue it, "
-                         "or choose another --out")
+    found = open_run(ckpt, cfg.resume)
     if found is not None:
-        _check_resume(cfg, run_dir)
+        check_resume(run_dir, cfg.to_dict(), FIXED_ON_RESUME)
     ds_config = load_deepspeed_config(cfg.deepspeed_config, cfg.train.batch_size, dist.device.type)
-
-    # The same initial weights on every rank (DeepSpeed also broadcasts rank 0's).
-    _seed_all(cfg.train.seed)
-    from ..model import ASTModel
-
-    model = ASTModel(config=cfg.model)
-    model.set_grad_checkpointing(cfg.train.grad_checkpointing)
     t = cfg.train
-    # The 2021 recipe's optimizer (L2 weight decay, as torch.optim.Adam applies it); DeepSpeed
-    # wraps it (ZeRO partitions its state) and the loop sets its learning rate every step.
-    optimizer = torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay, betas=tuple(t.betas))
-    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision(ds_config), torch.float32)
-    _seed_all(cfg.train.seed * 1000 + dist.rank)  # per-rank streams from here on
+    seed_run(t.seed)
+    model = ASTModel(config=cfg.model)
+    model.set_grad_checkpointing(t.grad_checkpointing)
+    engine = build_engine(model, model.parameters(), lr=t.lr, weight_decay=t.weight_decay, betas=t.betas,
+                          ds_config=ds_config)
+    seed_rank(t.seed, dist.rank)
 
-    state = TrainState(epoch_steps=t.save_every,
-                       plateau=Plateau(mode=objective.mode, patience=t.lr_patience, factor=t.lr_factor))
-    resumed_from = None
+    state = TrainState(epoch_steps=t.save_every)
+    schedule = PlateauSchedule(t.lr, t.warmup_steps, Plateau(mode=objective.mode, patience=t.lr_patience,
+                                                             factor=t.lr_factor))
+    resumed = None
     if found is not None:
-        gone = ckpt.remove_incomplete() if dist.main else []
-        barrier()
-        found = ckpt.latest()
-        client, rank_state = ckpt.load(engine, found[1])
-        state = TrainState.from_dict(client["state"])
-        if rank_state is not None:
-            set_rng_state(rank_state["rng"])
-        resumed_from = (found[0], client, rank_state is None, gone)
+        resumed = load_latest(ckpt, engine, dist.main)
+        state = TrainState.from_dict(resumed.client["state"])
+        schedule.plateau = Plateau.from_dict(resumed.client["plateau"])
 
     runlog = RunLog(run_dir, dist.main, t.max_steps, start_step=state.step, progress=cfg.progress)
     try:
-        return _train(cfg, objective, dist, engine, ckpt, state, ds_config, dtype, runlog, resumed_from)
+        return _train(cfg, objective, dist, engine, ckpt, state, schedule, ds_config, runlog, resumed)
     finally:
         runlog.close()
 
 
-def _train(cfg, objective, dist, engine, ckpt, state, ds_config, dtype, runlog, resumed_from) -> int:
-    from ..datasets import SkipCounter
-    from .data import Features, TrainStream, ValidSet
-
+def _train(cfg, objective, dist, engine, ckpt, state, schedule, ds_config, runlog, resumed) -> int:
     t = cfg.train
     run_dir = Path(cfg.out)
     world = engine.world_size
@@ -181,7 +137,7 @@ def _train(cfg, objective, dist, engine, ckpt, state, ds_config, dtype, runlog, 
     nparams = sum(p.numel() for p in engine.module.parameters())
     if dist.main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / RUN_FILE, json.dumps(cfg.to_dict(), indent=1))
+        write_run_record(run_dir, cfg.to_dict())
     m = cfg.model
     runlog.info("ssast pretrain: %s model (width %d, %d blocks, %.1fM parameters), %dx%d patches on %d x %d input "
                 "(%dx%d grid), objective %s%s, %d masked (%s)", m.model_size, m.embed_dim, m.depth, nparams / 1e6,
@@ -193,15 +149,14 @@ def _train(cfg, objective, dist, engine, ckpt, state, ds_config, dtype, runlog, 
                 "decay %g, betas %s", world, dist.device.type, zero_stage(ds_config), precision(ds_config), micro,
                 accum, world, micro * accum * world, t.lr, t.warmup_steps, t.lr_patience, t.weight_decay,
                 tuple(t.betas))
-    if resumed_from is not None:
-        step, client, no_rank_state, gone = resumed_from
-        for p in gone:
+    layout = {"world_size": world, "num_workers": t.num_workers, "micro_batch": micro, "accumulation": accum}
+    if resumed is not None:
+        for p in resumed.removed:
             runlog.warning("removed incomplete checkpoint %s (a save cut short)", p)
-        runlog.info("resumed from %s at step %d", ckpt.dir / tag_name(step), step)
-        layout = client.get("layout", {})
-        now = {"world_size": world, "num_workers": t.num_workers, "micro_batch": micro, "accumulation": accum}
-        changed = {k: (layout.get(k), v) for k, v in now.items() if layout.get(k) != v}
-        if changed or no_rank_state:
+        runlog.info("resumed from %s at step %d", resumed.tag, resumed.step)
+        saved = resumed.client.get("layout", {})
+        changed = {k: (saved.get(k), v) for k, v in layout.items() if saved.get(k) != v}
+        if changed or resumed.rank_state_missing:
             runlog.warning("the run was saved with %s; the data stream after the resume differs from an "
                            "uninterrupted run", ", ".join(f"{k}={a} (now {b})" for k, (a, b) in changed.items())
                            or "another world size")
@@ -225,13 +180,13 @@ def _train(cfg, objective, dist, engine, ckpt, state, ds_config, dtype, runlog, 
     valid = None
     if cfg.data.valid is not None:
         valid = ValidSet(cfg.data.valid, cfg.features, cfg.data.valid_batch_size or micro, t.num_workers, pin)
-    features = Features(cfg.features, dist.device, dtype)
-    layout = {"world_size": world, "num_workers": t.num_workers, "micro_batch": micro, "accumulation": accum}
+    features = DeviceFeatures(cfg.features, dist.device, dtype_of(ds_config))
 
     saved = {}  # the weights of the last checkpoint, for the final export
 
     def save(st: TrainState) -> None:
-        client = {"version": FORMAT_VERSION, "state": st.to_dict(), "layout": layout, "config": cfg.to_dict()}
+        client = {"version": FORMAT_VERSION, "state": st.to_dict(), "plateau": schedule.plateau.to_dict(),
+                  "layout": layout, "config": cfg.to_dict()}
         saved.clear()
         saved[st.step] = ckpt.save(engine, st.step, client, {"rng": rng_state(), "step": st.step}, meta())
         runlog.info("saved checkpoint %s", ckpt.dir / tag_name(st.step))
@@ -241,14 +196,21 @@ def _train(cfg, objective, dist, engine, ckpt, state, ds_config, dtype, runlog, 
         if dist.main:
             best = run_dir / "best"
             ckpt.export(weights, best, meta())
-            atomic_write_text(best / "valid.json", json.dumps({"step": st.step, **metrics}, indent=1))
+            atomic_write(best / "valid.json", json.dumps({"step": st.step, **metrics}, indent=1))
         barrier()
+
+    def on_valid(st: TrainState, metrics: dict) -> None:
+        # The plateau schedule: halve the rate when the validation metric stops improving.
+        if schedule.observe(metrics[objective.metric]):
+            runlog.info("learning rate halved after %d validations without progress (now x%g)",
+                        schedule.plateau.patience + 1, schedule.plateau.scale)
+        runlog.scalars(st.step, {"lr_scale": schedule.plateau.scale}, "schedule")
 
     def skip_counts() -> torch.Tensor:
         return torch.tensor(list(skipped.counts().values()), dtype=torch.float64)
 
-    state = fit(engine, objective, stream, features, t, state, rank=dist.rank, runlog=runlog, valid=valid,
-                save=save, on_best=on_best, skip_counts=skip_counts)
+    state = fit(engine, objective, stream, features, t, state, rank=dist.rank, runlog=runlog, lr=schedule,
+                valid=valid, save=save, on_best=on_best, on_valid=on_valid, skip_counts=skip_counts)
 
     weights = saved.get(state.step) or full_state_dict(engine.module)  # fit saves at the last step
     counts = all_reduce_sum(skip_counts())

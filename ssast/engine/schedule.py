@@ -1,4 +1,9 @@
-"""The learning-rate schedule: a pure function of the step, and the plateau state that halves it.
+"""Learning-rate schedules: the rate of every update is a function of its step.
+
+The loop takes any function ``step -> rate``. Fine-tuning's (:func:`finetune_lr`) is pure:
+the official per-epoch step decay, or a cosine, after an optional warm-up. Pretraining's
+(:class:`PlateauSchedule`) also depends on the validations so far, through a :class:`Plateau`
+that is plain data saved in checkpoints.
 
 The official SSAST recipe ramps the learning rate up linearly over the first 1000 steps, then
 keeps it until the validation masked-patch accuracy stops improving, when it is halved
@@ -6,13 +11,15 @@ keeps it until the validation masked-patch accuracy stops improving, when it is 
 default relative threshold of 1e-4), checked every 4000 steps. The 2021 code moved the warm-up
 rate in stairs every 50 steps, starting at 0; here it rises every step, from ``lr / warmup``.
 
-Nothing here touches an optimizer: the loop writes :func:`learning_rate` into its parameter
-groups before each step, and a :class:`Plateau` is plain data saved in checkpoints.
+Nothing here touches an optimizer: the loop writes the rate into its parameter groups before
+each step.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, replace
+
+SCHEDULES = ("step", "cosine")
 
 
 def learning_rate(step: int, base_lr: float, warmup_steps: int, scale: float = 1.0) -> float:
@@ -81,3 +88,66 @@ class Plateau:
     @classmethod
     def from_dict(cls, d: dict) -> "Plateau":
         return cls(**d)
+
+
+class PlateauSchedule:
+    """Pretraining's rate: warm-up, then ``lr`` times the plateau's scale (see the module docstring).
+
+    :meth:`observe` takes each validation's metric and says whether the rate was reduced.
+    """
+
+    def __init__(self, lr: float, warmup_steps: int, plateau: Plateau):
+        self.lr, self.warmup_steps, self.plateau = lr, warmup_steps, plateau
+
+    def __call__(self, step: int) -> float:
+        return learning_rate(step, self.lr, self.warmup_steps, self.plateau.scale)
+
+    def observe(self, value: float) -> bool:
+        before = self.plateau.reductions
+        self.plateau = self.plateau.update(value)
+        return self.plateau.reductions > before
+
+
+# ----------------------------------------------------------------------------- fine-tuning
+
+def step_decay_factor(epoch: int, start: int, step: int, decay: float) -> float:
+    """The official step schedule's factor for epoch ``epoch`` (counted from 0).
+
+    The recipes build ``MultiStepLR(milestones=range(start, 1000, step), gamma=decay)`` and step
+    it after every epoch, so epoch ``e`` (from 0) runs at ``decay ** #{m in milestones: m <= e}``:
+    the first ``start`` epochs at the full rate, then one more factor every ``step`` epochs.
+    """
+    if epoch < 0:
+        raise ValueError(f"epoch must be >= 0, got {epoch}")
+    if step < 1:
+        raise ValueError(f"lr-scheduler-step must be >= 1, got {step}")
+    if epoch < start:
+        return 1.0
+    return decay ** ((epoch - start) // step + 1)
+
+
+def cosine_factor(step: int, total_steps: int, warmup_steps: int = 0, final: float = 0.0) -> float:
+    """Cosine decay from 1 to ``final`` over the steps after the warm-up (steps from 0)."""
+    if total_steps <= warmup_steps:
+        return 1.0
+    t = min(max(step - warmup_steps, 0) / (total_steps - warmup_steps), 1.0)
+    return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def finetune_lr(step: int, *, lr: float, steps_per_epoch: int, total_steps: int, schedule: str = "step",
+                warmup_steps: int = 0, start: int = 5, step_size: int = 1, decay: float = 0.85) -> float:
+    """Rate of the update that takes the model from ``step`` to ``step + 1``.
+
+    ``step``: the official per-epoch step decay (:func:`step_decay_factor`); ``cosine``: per-step
+    cosine decay to 0 (:func:`cosine_factor`). A warm-up multiplies the first ``warmup_steps``
+    updates by ``(step + 1) / warmup_steps`` (the official recipes ramp over 1000 iterations).
+    """
+    if schedule == "step":
+        factor = step_decay_factor(step // steps_per_epoch, start, step_size, decay)
+    elif schedule == "cosine":
+        factor = cosine_factor(step, total_steps, warmup_steps)
+    else:
+        raise ValueError(f"unknown schedule {schedule!r}: expected one of {', '.join(SCHEDULES)}")
+    if warmup_steps > 0 and step < warmup_steps:
+        factor *= (step + 1) / warmup_steps
+    return lr * factor

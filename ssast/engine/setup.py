@@ -1,0 +1,111 @@
+"""What pretraining and fine-tuning set up alike: seeds, precision, optimizer and engine, resume.
+
+A run (:func:`ssast.engine.pretrain.pretrain`, :func:`ssast.engine.finetune.finetune`) in
+every process: joins the process group, refuses to train into a folder that holds a run unless
+``--resume`` is given (:func:`open_run`), checks that a resumed run keeps the settings that
+define what is trained (:func:`check_resume`, against the run record ``run.json``), builds the
+same initial weights on every rank (:func:`seed_run`), the optimizer and the DeepSpeed engine
+(:func:`build_engine`), and loads the newest complete checkpoint (:func:`load_latest`).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .. import seeds
+from ..files import atomic_write
+from .checkpointing import Checkpointer, set_rng_state
+from .config import precision
+from .distributed import barrier
+
+RUN_FILE = "run.json"
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def dtype_of(ds_config: dict) -> torch.dtype:
+    """The dtype the engine's forward pass runs in (the DeepSpeed JSON's bf16/fp16 section)."""
+    return DTYPES[precision(ds_config)]
+
+
+def seed_run(seed: int) -> None:
+    """The same initial weights on every rank (DeepSpeed also broadcasts rank 0's)."""
+    seeds.seed_everything(seed)
+
+
+def seed_rank(seed: int, rank: int) -> None:
+    """Per-rank global generators from here on (DataLoader workers, dropout)."""
+    seeds.seed_everything(seeds.derive_seed(seed, "rank", rank) % 2**63)
+
+
+def build_engine(model: torch.nn.Module, params, *, lr: float, weight_decay: float, betas, ds_config: dict):
+    """Adam (the recipes' optimizer: L2 weight decay, as torch.optim.Adam applies it) wrapped by
+    DeepSpeed with the JSON's engine settings; the loop sets the learning rate every step."""
+    import deepspeed  # the engine's own import: it picks its accelerator at import (see distributed.setup)
+
+    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas))
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+    return engine
+
+
+def open_run(ckpt: Checkpointer, resume: bool, what: str = "checkpoint at step") -> tuple[int, Path] | None:
+    """The newest complete checkpoint of the run folder, refusing to start over one without ``resume``."""
+    found = ckpt.latest()
+    if found is not None and not resume:
+        raise ValueError(f"{ckpt.run_dir}: holds a run ({what} {found[0]}); pass --resume to continue it, or choose "
+                         "another --out")
+    return found
+
+
+def check_resume(run_dir: str | Path, now: dict, fixed: Sequence[str]) -> None:
+    """Refuse to resume with other values of the run record's ``fixed`` settings (those that
+    define what is trained); dict-valued settings are compared field by field."""
+    try:
+        old = json.loads((Path(run_dir) / RUN_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    diffs = []
+    for key in fixed:
+        a, b = old.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += [f"{key}.{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        elif key in old and a != b:
+            diffs.append(f"{key}: {a!r} -> {b!r}")
+    if diffs:
+        raise ValueError(f"{run_dir}: cannot resume with different settings ({'; '.join(diffs)}); use the run's own "
+                         "settings or another --out")
+
+
+def write_run_record(run_dir: str | Path, record: dict) -> None:
+    atomic_write(Path(run_dir) / RUN_FILE, json.dumps(record, indent=1), durable=True)
+
+
+@dataclass
+class Resumed:
+    step: int
+    tag: Path
+    client: dict  # the run's client state saved with the checkpoint
+    rank_state_missing: bool  # this rank's generator states were not saved (another world size)
+    removed: list[Path]  # incomplete checkpoints a crash left, deleted
+
+
+def load_latest(ckpt: Checkpointer, engine, main: bool) -> Resumed:
+    """Load the newest complete checkpoint into the engine, and this rank's generator states.
+
+    Incomplete tags (a save cut short) are deleted first, by rank 0.
+    """
+    removed = ckpt.remove_incomplete() if main else []
+    barrier()
+    found = ckpt.latest()
+    if found is None:
+        raise FileNotFoundError(f"{ckpt.dir}: no complete checkpoint to resume from")
+    client, rank_state = ckpt.load(engine, found[1])
+    if rank_state is not None:
+        set_rng_state(rank_state["rng"])
+    return Resumed(found[0], found[1], client, rank_state is None, removed)
