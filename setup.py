@@ -12,6 +12,7 @@ INSTALL_REQUIRES = [
     "numpy>=1.24",
     "soundfile>=0.12",
     "tqdm>=4.60",
+    "filelock>=3.12",  # also a torch requirement
     "webdataset==1.0.2",
     "tensorboard>=2.14",
 ]
@@ -31,6 +32,8 @@ setup(
     license="BSD-3-Clause",
     python_requires=">=3.10",
     packages=find_packages(include=["ssast", "ssast.*"]),
+    # Label names of the released models (AudioSet ontology, Speech Commands V2-35).
+    package_data={"ssast": ["data/*.csv"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={
         "hf": ["transformers==5.23.0"],

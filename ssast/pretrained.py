@@ -2,51 +2,31 @@
 
 Weights are looked up in ``$SSAST_PRETRAINED_DIR`` (default ``~/.cache/ssast``) and downloaded
 there when missing: the DeiT weights through timm (from the Hugging Face hub), the AudioSet
-model from the AST release URL. On a machine without internet access, put the files there by
-hand; the error message says which file goes where.
+model from the AST release URL (or ``$SSAST_MIRROR``, see :mod:`ssast.download`). On a machine
+without internet access, put the files there by hand; the error message says which file goes
+where.
 """
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from . import registry
 from .checkpoint import CheckpointError, _load_file
 from .config import DEIT_NAMES, ModelConfig
+from .download import cache_dir
 from .files import atomic_save
 
-AUDIOSET_URL = "https://www.dropbox.com/s/ca0b1v2nlxzyeb4/audioset_10_10_0.4593.pth?dl=1"
-AUDIOSET_FILE = "audioset_10_10_0.4593.pth"
+AUDIOSET_RELEASE = registry.resolve("audioset_10_10_0.4593")
+AUDIOSET_URL = AUDIOSET_RELEASE.url
+AUDIOSET_FILE = AUDIOSET_RELEASE.file
 
 
 def pretrained_dir() -> Path:
-    return Path(os.environ.get("SSAST_PRETRAINED_DIR") or Path.home() / ".cache" / "ssast")
-
-
-def download(url: str, dest: str | os.PathLike) -> Path:
-    """Return ``dest``, downloading ``url`` to it first if it is not there."""
-    dest = Path(dest)
-    if dest.exists():
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
-    os.close(fd)
-    try:
-        torch.hub.download_url_to_file(url, tmp, progress=False)
-        os.replace(tmp, dest)
-    except Exception as e:
-        raise FileNotFoundError(
-            f"{dest} is missing and could not be downloaded from {url} ({type(e).__name__}: {e}). "
-            f"Download it on a machine with internet access and put it at {dest} "
-            "(or point SSAST_PRETRAINED_DIR at the folder that holds it)."
-        ) from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return dest
+    """The model cache: ``$SSAST_PRETRAINED_DIR``, default ``~/.cache/ssast``."""
+    return cache_dir()
 
 
 def imagenet_state_dict(model_size: str) -> tuple[dict[str, torch.Tensor], Path]:
@@ -103,4 +83,4 @@ def imagenet_encoder_state(model_size: str, cfg: ModelConfig) -> tuple[dict[str,
 
 def audioset_file() -> Path:
     """AST's AudioSet model (base384, 16x16 patches, stride 10, 128 x 1024 input, 527 labels)."""
-    return download(AUDIOSET_URL, pretrained_dir() / AUDIOSET_FILE)
+    return registry.fetch(AUDIOSET_RELEASE)

@@ -6,7 +6,7 @@ import timm
 import torch
 
 from conftest import load_pt
-from ssast import ASTModel
+from ssast import ASTModel, CheckpointError
 from ssast import pretrained
 
 
@@ -63,18 +63,38 @@ def test_audioset_init_from_local_file(weights_dir, fixtures):
     assert model.mlp_head[1].out_features == 7  # a new head for the new label set
 
 
-def test_download_from_url(tmp_path):
-    src = tmp_path / "src.bin"
-    src.write_bytes(b"weights" * 100)
-    dest = pretrained.download(src.as_uri(), tmp_path / "cache" / "file.pth")
+def test_download_from_url(tmp_path, fixtures):
+    src = fixtures / "ast_tiny224_f10_t10_t100_label35.pth"
+    dest = pretrained.download(src.as_uri(), tmp_path / "cache" / "file.pth", progress=False)
     assert dest.read_bytes() == src.read_bytes()
     assert pretrained.download("file:///nonexistent/never", dest) == dest  # present: no download
+
+
+def test_download_refuses_a_file_that_is_no_checkpoint(tmp_path):
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"weights" * 100)
+    dest = tmp_path / "cache" / "file.pth"
+    with pytest.raises(CheckpointError, match="file.pth: the downloaded file was refused and removed"):
+        pretrained.download(src.as_uri(), dest, progress=False)
+    assert not dest.exists() and not dest.with_name("file.pth.part").exists()
 
 
 def test_download_failure_is_explained(tmp_path):
     dest = tmp_path / "cache" / pretrained.AUDIOSET_FILE
     with pytest.raises(FileNotFoundError) as e:
-        pretrained.download((tmp_path / "missing.pth").as_uri(), dest)
+        pretrained.download((tmp_path / "missing.pth").as_uri(), dest, progress=False)
     msg = str(e.value)
-    assert str(dest) in msg and "missing.pth" in msg and "SSAST_PRETRAINED_DIR" in msg
-    assert not dest.exists() and list(dest.parent.iterdir()) == []  # no partial file left
+    assert str(dest) in msg and "missing.pth" in msg and "SSAST_PRETRAINED_DIR" in msg and "SSAST_MIRROR" in msg
+    assert sorted(p.name for p in dest.parent.iterdir()) == [f".{dest.name}.lock"]  # no partial file left
+
+
+def test_audioset_init_downloads_through_the_registry(weights_dir, fixtures, monkeypatch):
+    # SSAST_MIRROR replaces the release URL; the file is verified against the release (base384,
+    # 527 labels), so the tiny 35-label fixture served under its name is refused and removed.
+    mirror = weights_dir / "mirror"
+    mirror.mkdir()
+    shutil.copy(fixtures / "ast_tiny224_f10_t10_t100_label35.pth", mirror / pretrained.AUDIOSET_FILE)
+    monkeypatch.setenv("SSAST_MIRROR", mirror.as_uri())
+    with pytest.raises(CheckpointError, match="does not match the release audioset_10_10_0.4593: width 192"):
+        pretrained.audioset_checkpoint()
+    assert not (weights_dir / pretrained.AUDIOSET_FILE).exists()

@@ -34,10 +34,11 @@ _RELEASED = {
 
 def _released_file(kind: str, refresh: bool) -> str:
     """Path of a released checkpoint in ssast's cache, downloaded if missing (or if ``refresh``)."""
-    from ssast.pretrained import download, pretrained_dir
+    from ssast.download import cache_dir, download, source_url
 
     name, url = _RELEASED[kind]
-    dest = pretrained_dir() / name
+    url = source_url(url, name)  # $SSAST_MIRROR/<name> when a mirror is set
+    dest = cache_dir() / name
     if refresh and dest.exists():
         # Fetch next to the old file and swap, so that a failed download leaves it in place.
         fresh = dest.with_name(f".{name}.refresh")
