@@ -1,20 +1,25 @@
-"""One way to load a model: any checkpoint, run folder or exported folder -> :class:`Loaded`.
+"""One way to load a model: a name, a checkpoint, a run folder or an exported folder -> :class:`Loaded`.
 
-:func:`load` takes a project checkpoint (``ssast.pt``, ``best.pt``), a released SSAST or AST
-file, a pretraining run folder (its newest complete checkpoint), a fine-tuning run folder (its
-``best.pt``) or a Hugging Face folder (``ssast export --format hf``, or an AST model saved from
-the hub) and returns the model with everything needed to run it: its feature settings, its
+:func:`load` takes a released model's name (``SSAST-Base-Frame-400``, ``audioset_10_10_0.4593``:
+:mod:`ssast.registry`, downloaded into the cache on first use), a Hugging Face hub id of an AST
+model (``MIT/ast-finetuned-audioset-10-10-0.4593``, through ``huggingface_hub``), a project
+checkpoint (``ssast.pt``, ``best.pt``), a released SSAST or AST file, a pretraining run folder
+(its newest complete checkpoint), a fine-tuning run folder (its ``best.pt``) or a Hugging Face
+folder (``ssast export --format hf``, or an AST model saved from the hub) and returns the model
+with everything needed to run it: its feature settings, its
 label names (display names), whether it is multi-label, its default task, and where it came
 from. Every command and module that needs a model goes through it (predict, evaluate, embed,
 info, export, fine-tuning initialisation, the s3prl upstream); ``ASTModel(...,
 load_pretrained_mdl_path=...)`` is a facade over :func:`initialize`.
 
-What a file does not store is filled in from what is known about it, and said: released
-fine-tuned files keep neither strides, input length, normalization nor label names. Their
-strides come from the AST file name (``audioset_10_10_0.4593.pth``: 10 x 10) or default to 10;
-their label count names the recipe (527: AudioSet, 35: Speech Commands, 50: ESC-50;
-:mod:`ssast.presets`), whose input length (when the positional grid agrees) and normalization
-they get. Each such choice is listed in :attr:`Loaded.assumed`, which the commands print once.
+What a file does not store is filled in from what is known about it: released fine-tuned files
+keep neither strides, input length, normalization nor label names. A file named like a release
+(:func:`ssast.registry.by_file`) gets the release's. Any other released fine-tuned file gets its
+strides from the AST file name pattern (``<data>_10_10_<score>.pth``: 10 x 10) or AST's 10;
+its label count names the recipe (527: AudioSet, 35: Speech Commands, 50: ESC-50;
+:mod:`ssast.presets`), whose input length (when the positional grid agrees), normalization and
+shipped label names it gets. Each such guess is listed in :attr:`Loaded.assumed`, which the
+commands print once.
 Overrides (``fstride``, ``tstride``, ``target_length``, ``preset``, ``mean``, ``std``,
 ``label_csv``) replace what the file says or what was assumed.
 
@@ -32,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from . import hf, presets, pretrained
+from . import hf, presets, pretrained, registry
 from .checkpoint import Checkpoint, CheckpointError, infer_grid, read_checkpoint
 from .config import ModelConfig, grid_size, size_from_width
 from .engine.checkpointing import export_source
@@ -120,11 +125,38 @@ def is_hf_folder(path: str | os.PathLike) -> bool:
         return False
 
 
+def _hub_folder(repo_id: str) -> str:
+    """A Hugging Face hub model in the local hub cache (downloaded there when missing)."""
+    try:
+        import huggingface_hub
+    except ImportError:
+        raise FileNotFoundError(f"{repo_id}: loading from the Hugging Face hub needs huggingface_hub "
+                                "(pip install huggingface_hub)") from None
+    try:
+        return huggingface_hub.snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.bin"])
+    except Exception as e:  # offline, unknown repository, ...: the hub's own error types
+        raise FileNotFoundError(
+            f"{repo_id}: not a file or folder here, and the Hugging Face hub did not give it ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}). Offline, download it elsewhere with "
+            f"huggingface-cli download {repo_id} and copy the hub cache, or give the folder's path") from None
+
+
 def resolve(source: str | os.PathLike) -> tuple[str, str]:
-    """(path, kind) of what ``source`` names: ``file``, ``hf`` (a folder) or a run folder's model file."""
+    """(path, kind) of what ``source`` names: ``file``, ``hf`` (a folder) or a run folder's model file.
+
+    A path that does not exist is looked up as a released model's name (downloaded into the
+    cache) and, in the ``owner/name`` form, as a Hugging Face hub id.
+    """
     p = Path(source)
     if not p.exists():
-        raise FileNotFoundError(f"{source}: no such checkpoint file or folder")
+        text = os.fspath(source)
+        if re.fullmatch(r"[\w.-]+/[\w.-]+", text) and not text.endswith((".pt", ".pth")):
+            return _hub_folder(text), "hf"
+        release = registry.find(text)
+        if release is None:
+            raise FileNotFoundError(f"{source}: no such checkpoint file or folder, and no released model of that "
+                                    f"name{_suggest(text)}")
+        return str(registry.fetch(release)), "file"
     if not p.is_dir():
         return str(p), "file"
     if is_hf_folder(p):
@@ -157,10 +189,38 @@ def read(source: str | os.PathLike, *, fstride: int | None = None, tstride: int 
     return ckpt
 
 
+def _suggest(text: str) -> str:
+    try:
+        registry.resolve(text)
+    except registry.UnknownModelError as e:
+        hint = str(e).split(";", 1)
+        return f" ({hint[1].split('(')[0].strip()})" if len(hint) > 1 else " (`ssast models` lists them)"
+    return ""
+
+
+def _fill_release(ckpt: Checkpoint, release: registry.Release) -> None:
+    """Everything a released fine-tuned file does not store, from the release table."""
+    ckpt.config = ckpt.config.replace(fstride=release.fstride, tstride=release.tstride,
+                                      input_tdim=release.input_tdim, default_task="ft_cls")
+    ckpt.features = release.feature_config().to_dict()
+    ids, names = release.labels()
+    ckpt.labels = names
+    ckpt.meta.update(label_ids=ids, multilabel=presets.get(release.label_set).multilabel, release=release.name)
+
+
 def _fill_released(ckpt: Checkpoint, fstride: int | None, tstride: int | None) -> None:
-    """Strides, input length, normalization and task of a released fine-tuned file (see the module docstring)."""
+    """Strides, input length, normalization, labels and task of a released fine-tuned file (see the
+    module docstring)."""
     cfg, notes = ckpt.config, ckpt.assumed
     name = Path(ckpt.path).name
+    release = registry.by_file(name)
+    if release is not None and fstride is None and tstride is None:
+        try:
+            registry.check_release(release, ckpt)
+        except CheckpointError as e:
+            notes.append(f"nothing from the release {release.name} ({e.problem})")
+        else:
+            return _fill_release(ckpt, release)
     m = _AST_NAME.search(name)
     if fstride is None or tstride is None:
         if m:
@@ -182,6 +242,10 @@ def _fill_released(ckpt: Checkpoint, fstride: int | None, tstride: int | None) -
                      f"{preset.std}), as its {cfg.label_dim} outputs are the {preset.name} recipe's")
         features = preset.features(num_mel_bins=cfg.input_fdim, target_length=frames)
         ckpt.meta.setdefault("multilabel", preset.multilabel)
+        if preset.label_set in registry.LABEL_SETS:
+            ids, ckpt.labels = registry.label_names(preset.label_set)
+            ckpt.meta.setdefault("label_ids", ids)
+            notes.append(f"the {preset.name} label names")
     else:
         features = FeatureConfig(num_mel_bins=cfg.input_fdim, target_length=frames)
         notes.append(f"{frames} frames ({span}) and AudioSet's normalization (mean {features.mean}, std {features.std})")

@@ -23,19 +23,16 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from . import presets
 from .checkpoint import Checkpoint, CheckpointError, read_checkpoint
 from .config import SIZES, ModelConfig, canonical_size
 from .download import cache_dir, download, source_url
 from .features import FeatureConfig
 from .sources import SourceError, read_label_csv
 
-AUDIOSET_MEAN, AUDIOSET_STD = -4.2677393, 4.5689974
-SPEECHCOMMANDS_MEAN, SPEECHCOMMANDS_STD = -6.845978, 5.5654526
-
 # Label sets: number of labels and the package file with their ids and names.
 LABEL_SETS: dict[str, tuple[int, str]] = {
-    "audioset": (527, "audioset_class_labels_indices.csv"),
-    "speechcommands": (35, "speechcommands_class_labels_indices.csv"),
+    name: (presets.get(name).num_labels, f"{name}_class_labels_indices.csv") for name in ("audioset", "speechcommands")
 }
 
 
@@ -129,19 +126,20 @@ def _ssast(name: str, file: str, url: str, size: str, patch: str, mask_patch: in
     return Release(
         name=name, file=file, url=url, family="ssast", model_size=size, fshape=fshape, tshape=tshape,
         fstride=fshape, tstride=tshape, input_tdim=1024, input_fdim=128, mask_patch=mask_patch,
-        label_set=None, mean=AUDIOSET_MEAN, std=AUDIOSET_STD, purpose=purpose, data=data, result=result,
+        label_set=None, mean=presets.get("pretrain").mean, std=presets.get("pretrain").std, purpose=purpose,
+        data=data, result=result,
         aliases=aliases,
     )
 
 
 def _ast(file: str, url: str, stride: int, purpose: str, result: str, hub_id: str, *,
          speech: bool = False) -> Release:
+    recipe = presets.get("speechcommands" if speech else "audioset")
     return Release(
         name=file.removesuffix(".pth"), file=file, url=url, family="ast", model_size="base384",
-        fshape=16, tshape=16, fstride=stride, tstride=stride, input_tdim=128 if speech else 1024,
-        input_fdim=128, mask_patch=None, label_set="speechcommands" if speech else "audioset",
-        mean=SPEECHCOMMANDS_MEAN if speech else AUDIOSET_MEAN,
-        std=SPEECHCOMMANDS_STD if speech else AUDIOSET_STD, purpose=purpose,
+        fshape=16, tshape=16, fstride=stride, tstride=stride, input_tdim=recipe.target_length,
+        input_fdim=128, mask_patch=None, label_set=recipe.label_set, mean=recipe.mean, std=recipe.std,
+        purpose=purpose,
         data="Speech Commands V2-35" if speech else "AudioSet-2M (full)", result=result, hub_id=hub_id,
     )
 
