@@ -10,7 +10,8 @@ from pathlib import Path
 
 
 def run(args) -> int:
-    from ..predict import FORMATS, Predictor, infer_format, predict, write
+    from ..predict import (FORMATS, Predictor, collect_inputs, common_folder, infer_format, picture_names, predict,
+                           write)
 
     if not args.audio and not args.list:
         print("ssast predict: error: give audio files or folders, or --list FILE", file=sys.stderr)
@@ -28,19 +29,18 @@ def run(args) -> int:
         from .. import plots
 
         plot_dir = Path(args.plot_dir)
-        used: dict[str, int] = {}
+        # One PNG per file at its path below the inputs' common folder, as the Raven tables are named.
+        found, _ = collect_inputs(args.audio, recursive=args.recursive, list_file=args.list)
+        png_names = dict(zip(found, picture_names(found, base=common_folder(found))))
 
         def on_file(result):
-            # One PNG per file, named by its stem, numbered when stems repeat (as the Raven tables).
-            stem = Path(result.path).stem
-            used[stem] = used.get(stem, 0) + 1
-            name = stem if used[stem] == 1 else f"{stem}_{used[stem]}"
+            name = png_names.get(result.path) or picture_names([result.path])[0]
             try:
                 spec = plots.file_spectrogram(result.path, predictor.features)
             except Exception as e:  # the picture is optional: a file that fails here keeps its results
                 print(f"no spectrogram for {result.path}: {e}", file=sys.stderr)
                 spec = None
-            plots.plot_timeline(result, plot_dir / f"{name}.png", spectrogram=spec, top=args.plot_top)
+            plots.plot_timeline(result, plot_dir / name, spectrogram=spec, top=args.plot_top)
 
     geometry = {k: getattr(args, k) for k in ("fshape", "tshape", "fstride", "tstride", "input_fdim", "input_tdim")}
     predictor = Predictor.from_checkpoint(args.checkpoint, labels_csv=args.labels, activation=args.activation,
