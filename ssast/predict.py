@@ -48,8 +48,9 @@ AUDIOSET_LABELS = 527
 # Source samples of context on each side of a resampled block; the sinc kernel of torchaudio's
 # resampler (6 zero crossings, rolloff 0.99) spans at most a few dozen source samples.
 RESAMPLE_CONTEXT = 512
-# Raven Pro's selection-table columns: its own seven, the annotation, our scores, then the file
-# measurements (Begin Path and File Offset make it a "sound selection table" that opens its file).
+# Raven Pro's selection-table columns: its own seven, the annotation, the detection's scores, then
+# the file measurements (Begin Path and File Offset make it a "sound selection table" that opens
+# its sound file).
 RAVEN_COLUMNS = ("Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)",
                  "High Freq (Hz)", "Annotation", "Max Score", "Mean Score", "Windows", "Begin Path",
                  "File Offset (s)", "Begin File")

@@ -164,14 +164,14 @@ def padding_pixels(fig, ax, x0, x1, y0, y1):
     return rgba[int(h - py1):int(h - py0), int(px0):int(px1), :3].astype(int)
 
 
-def test_mask_view_in_seconds_with_the_padding_marked(tmp_path):
+def test_mask_view_in_seconds_with_the_padding_marked():
     torch.manual_seed(0)
     cfg = ModelConfig(embed_dim=32, depth=1, num_heads=2, fshape=4, tshape=4, fstride=4, tstride=4, input_fdim=16,
                       input_tdim=32, model_size="custom", stage="pretrain")
     model = ASTModel(config=cfg)
     wave = torch.from_numpy(tone(0.2))  # shorter than the model's 32 frames: zero-padded
     real = fbank_reference(wave, SR, num_mel_bins=16).shape[0]  # frames holding the clip: 18
-    fig, vis = mask_figure(model, wave, mask_patch=10, seed=3, features=FeatureConfig(num_mel_bins=16))
+    fig, _ = mask_figure(model, wave, mask_patch=10, seed=3, features=FeatureConfig(num_mel_bins=16))
     axes = fig.axes[:3]
     assert axes[-1].get_xlabel() == "time (s)" and axes[-1].get_xlim() == pytest.approx((0, 0.32))
     fig.canvas.draw()

@@ -338,7 +338,8 @@ def test_raven_tables_load_in_crowsetta(tmp_path):
     raw = table.read_bytes()
     lines = raw.decode("utf-8").split("\r\n")
     assert lines[-1] == "" and b"\n" not in raw.replace(b"\r\n", b"") and not raw.startswith(b"\xef\xbb\xbf")
-    assert lines[0].split("\t") == list(RAVEN_COLUMNS) and RAVEN_COLUMNS[7] == "Annotation"  # 8th: opensoundscape's default
+    assert lines[0].split("\t") == list(RAVEN_COLUMNS)
+    assert RAVEN_COLUMNS[7] == "Annotation"  # the 8th column: where opensoundscape looks by default
     assert all(c == c.strip() and c for ln in lines[:-1] for c in ln.split("\t"))
     assert empty.read_bytes() == "\t".join(RAVEN_COLUMNS).encode() + b"\r\n"  # no detections: the header only
 
