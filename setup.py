@@ -39,8 +39,9 @@ setup(
         "hf": ["transformers==5.23.0"],
         "plots": ["matplotlib==3.11.2"],
         "train": [DEEPSPEED],
+        # crowsetta reads the Raven tables back in the tests (with the pandas and pandera it was tested with).
         "test": ["pytest>=7", "transformers==5.23.0", "matplotlib==3.11.2", "scikit-learn==1.9.1",
-                 "scipy==1.17.1"],
+                 "scipy==1.17.1", "crowsetta==5.1.2", "pandas==3.1.1", "pandera==0.35.0"],
     },
     entry_points={"console_scripts": ["ssast=ssast.cli:main"]},
 )

@@ -40,8 +40,12 @@ from .stream import FileEnd, FileFailed, FileStart, Recording, Rows, collect_inp
 
 ACTIVATIONS = ("auto", "sigmoid", "softmax")
 FORMATS = ("csv", "json", "raven")
+# Raven Pro's selection-table columns: its own seven, the annotation, the detection's scores, then
+# the file measurements (Begin Path and File Offset make it a "sound selection table" that opens
+# its sound file).
 RAVEN_COLUMNS = ("Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)",
-                 "High Freq (Hz)", "Annotation", "Max Score", "Mean Score", "Windows")
+                 "High Freq (Hz)", "Annotation", "Max Score", "Mean Score", "Windows", "Begin Path",
+                 "File Offset (s)", "Begin File")
 
 
 # ----------------------------------------------------------------------------- detections
@@ -471,41 +475,89 @@ def write_csv(run: PredictionRun, path: str | os.PathLike, *, extras: bool = Tru
     return [p, dpath, spath]
 
 
-def raven_table_names(paths: Sequence[str]) -> list[str]:
-    """``<stem>.Table.1.selections.txt`` per file; stems that repeat get ``_2``, ``_3``, ..."""
-    names, used = [], {}
+def common_folder(paths: Sequence[str | os.PathLike]) -> Path | None:
+    """The deepest folder holding all of ``paths``, absolute; None when there is none (no paths,
+    or paths on different drives)."""
+    try:
+        return Path(os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths]))
+    except ValueError:
+        return None
+
+
+def _relative_stems(paths: Sequence[str | os.PathLike], base: str | os.PathLike | None) -> list[tuple[str, int]]:
+    """Per file: its path below ``base`` without the extension (``/``-separated), and its number
+    among files that give the same one (1, 2, ...: same stem, another extension, or a repeated path)."""
+    base = Path(os.path.abspath(base)) if base is not None else common_folder(paths)
+    out, used = [], {}
     for p in paths:
-        stem = Path(p).stem
-        n = used.get(stem, 0) + 1
-        used[stem] = n
-        names.append(f"{stem if n == 1 else f'{stem}_{n}'}.Table.1.selections.txt")
-    return names
+        q = Path(os.path.abspath(p))
+        try:
+            parts = q.relative_to(base).parts
+        except (TypeError, ValueError):  # no common folder: the whole path, its anchor as a folder name
+            anchor = re.sub(r"[^0-9A-Za-z]+", "", q.anchor) or "root"
+            parts = (anchor, *q.parts[1:])
+        stem = "/".join((*parts[:-1], Path(parts[-1]).stem))
+        key = stem.casefold()  # case-insensitive file systems would merge names differing in case only
+        used[key] = used.get(key, 0) + 1
+        out.append((stem, used[key]))
+    return out
+
+
+def raven_table_names(paths: Sequence[str | os.PathLike], base: str | os.PathLike | None = None) -> list[str]:
+    """Per file, ``<folders>/<stem>.Table.1.selections.txt``: its path below ``base`` (default: the
+    files' :func:`common_folder`), so that the tables mirror the input folders.
+
+    ``a/rec.wav`` and ``b/rec.wav`` give ``a/rec.Table.1.selections.txt`` and
+    ``b/rec.Table.1.selections.txt``. Files that would still share a name (``rec.wav`` and
+    ``rec.flac`` in one folder) take Raven's next table numbers: ``rec.Table.2.selections.txt``.
+    """
+    return [f"{stem}.Table.{n}.selections.txt" for stem, n in _relative_stems(paths, base)]
+
+
+def picture_names(paths: Sequence[str | os.PathLike], base: str | os.PathLike | None = None) -> list[str]:
+    """Per file, ``<folders>/<stem>.png``, named as :func:`raven_table_names` names its table
+    (a second file of the same stem in one folder: ``<stem>.2.png``)."""
+    return [f"{stem}.png" if n == 1 else f"{stem}.{n}.png" for stem, n in _relative_stems(paths, base)]
 
 
 def _raven_text(x: str) -> str:
-    return re.sub(r"[\t\r\n]+", " ", x)
+    """A table cell: no tabs or line breaks (Raven splits on them), no spaces at either end."""
+    return re.sub(r"[\t\r\n]+", " ", str(x)).strip()
+
+
+def _raven_row(n: int, d: Detection, nyquist: float, path: str) -> list[str]:
+    # Raven's own exports: times with 9 decimals, frequencies with 1 (pandas-based readers such as
+    # crowsetta's require float columns, so 0 Hz is written "0.0").
+    return [str(n), "Spectrogram 1", "1", f"{d.start:.9f}", f"{d.end:.9f}", "0.0", f"{nyquist:.1f}",
+            _raven_text(d.label), f"{d.max_score:.6f}", f"{d.mean_score:.6f}", str(d.windows),
+            _raven_text(os.path.abspath(path)), f"{d.start:.9f}", _raven_text(os.path.basename(path))]
 
 
 def write_raven(run: PredictionRun, out_dir: str | os.PathLike) -> list[Path]:
-    """One Raven selection table per file (tab-separated, one row per detection), in ``out_dir``.
+    """One Raven Pro selection table per file, tab-separated, one row per detection, in ``out_dir``.
 
-    Each row spans the detection's time and the whole band (0 Hz to Nyquist of the model's
-    rate), on the first spectrogram view and channel; ``Annotation`` is the label. Files
-    without detections get a table with the header only.
+    Tables are named by :func:`raven_table_names`, relative to the folder that holds every input
+    file (read or not), so ``out_dir`` mirrors the input folders. Columns: :data:`RAVEN_COLUMNS`.
+    Each row spans the detection's time and the whole band (0 Hz to Nyquist of the model's rate),
+    on the first spectrogram view and channel; ``Annotation`` is the label; ``Begin Path`` is the
+    sound file's absolute path, ``Begin File`` its name and ``File Offset (s)`` the start within
+    it (Raven opens the file with the table). Lines end in CRLF, as Raven writes them; UTF-8.
+    Files without detections get a table with the header only.
     """
     d = Path(out_dir)
     d.mkdir(parents=True, exist_ok=True)
     nyquist = run.settings.get("sample_rate", 16000) / 2
+    # Files that failed count for the common folder too, so that names do not depend on which files could be read.
+    found = [r.path for r in run.files] + [e["path"] for e in run.errors if os.path.isfile(e["path"])]
+    names = raven_table_names([r.path for r in run.files], base=common_folder(found))
     written = []
-    for r, name in zip(run.files, raven_table_names([r.path for r in run.files])):
-        rows = ["\t".join(RAVEN_COLUMNS)]
+    for r, name in zip(run.files, names):
         dets = sorted(r.detections, key=lambda x: (x.start, x.label_index))
-        for n, x in enumerate(dets, 1):
-            rows.append("\t".join([str(n), "Spectrogram 1", "1", f"{x.start:.6f}", f"{x.end:.6f}", "0",
-                                   f"{nyquist:g}", _raven_text(x.label), f"{x.max_score:.6f}",
-                                   f"{x.mean_score:.6f}", str(x.windows)]))
+        rows = [RAVEN_COLUMNS] + [_raven_row(n, x, nyquist, r.path) for n, x in enumerate(dets, 1)]
         path = d / name
-        path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", encoding="utf-8", newline="") as f:
+            f.write("".join("\t".join(row) + "\r\n" for row in rows))
         written.append(path)
     return written
 
@@ -521,4 +573,3 @@ def write(run: PredictionRun, out: str | os.PathLike, fmt: str | None = None) ->
     if fmt == "raven":
         return write_raven(run, out)
     raise ValueError(f"unknown format {fmt!r}: expected one of {', '.join(FORMATS)}")
-

@@ -15,7 +15,8 @@ from ssast import ASTModel, ModelConfig, save_checkpoint
 from ssast.audio import load_audio
 from ssast.cli import main
 from ssast.features import FeatureConfig, fbank_reference
-from ssast.predict import RAVEN_COLUMNS, Predictor, detect, merge_detections, predict, resolve_activation, write
+from ssast.predict import (RAVEN_COLUMNS, Detection, FileResult, PredictionRun, Predictor, detect, merge_detections,
+                           predict, raven_table_names, resolve_activation, write, write_raven)
 from ssast.stream import (Recording, collect_inputs, cut_windows, parse_audiomoth_comment, read_metadata,
                           window_spans)
 
@@ -314,7 +315,77 @@ def test_three_formats_parse_back(tmp_path, ckpt):
         want = sorted(files[f"{name}.wav"]["detections"], key=lambda d: (d["start"], d["label_index"]))
         assert [(r["Annotation"], float(r["Begin Time (s)"]), float(r["End Time (s)"])) for r in body] == \
                [(d["label"], pytest.approx(d["start"]), pytest.approx(d["end"])) for d in want]
-        assert all(r["High Freq (Hz)"] == "8000" and r["Selection"] == str(i + 1) for i, r in enumerate(body))
+        assert all(r["High Freq (Hz)"] == "8000.0" and r["Selection"] == str(i + 1) for i, r in enumerate(body))
+        assert all(r["Begin File"] == f"{name}.wav" and r["File Offset (s)"] == r["Begin Time (s)"] for r in body)
+
+
+# ----------------------------------------------------------------------------- Raven tables read by crowsetta
+
+def file_result(path, dets, labels=("_silence_", "Bird, song", "Päivä")) -> FileResult:
+    """A result with the given detections (label index, start, end, max score) and 1 s windows every 0.5 s."""
+    starts = np.arange(0, 20) * 8000
+    n = len(starts)
+    det = [Detection(labels[i], i, s, e, m, m - 0.1, 3) for i, s, e, m in dets]
+    return FileResult(str(path), SR, SR, list(labels), starts, np.full(n, SR), np.zeros((n, 1), dtype=np.int64),
+                      np.zeros((n, 1)), np.zeros(len(labels)), det, 0.5, num_samples=int(starts[-1] + SR))
+
+
+def small_run(results) -> PredictionRun:
+    return PredictionRun(list(results), [], list(results[0].labels), {"sample_rate": SR})
+
+
+CROWSETTA_PANDAS_WARNING = "ignore:The inplace keyword in DataFrame.rename"  # inside crowsetta 5.1.2, harmless
+
+
+@pytest.mark.filterwarnings(CROWSETTA_PANDAS_WARNING)
+def test_raven_tables_load_in_crowsetta(tmp_path):
+    crowsetta = pytest.importorskip("crowsetta")
+    dets = [(1, 2.5, 4.0, 0.9), (0, 0.0, 1.5, 0.61), (2, 3.0, 9.5, 0.7), (0, 7.0625, 10.0, 0.55)]
+    run = small_run([file_result(tmp_path / "rec.wav", dets), file_result(tmp_path / "quiet.wav", [])])
+    table, empty = write_raven(run, tmp_path / "out")
+    assert table == tmp_path / "out" / "rec.Table.1.selections.txt"
+    annot = crowsetta.Transcriber(format="raven").from_file(table, annot_col="Annotation").to_annot()
+    want = sorted(dets, key=lambda d: (d[1], d[0]))  # rows in time order
+    boxes = annot.bboxes
+    assert [b.label for b in boxes] == [run.labels[d[0]] for d in want]
+    assert [b.onset for b in boxes] == pytest.approx([d[1] for d in want], abs=1e-9)
+    assert [b.offset for b in boxes] == pytest.approx([d[2] for d in want], abs=1e-9)
+    assert [(b.low_freq, b.high_freq) for b in boxes] == [(0.0, SR / 2)] * len(want)
+    df = crowsetta.formats.bbox.Raven.from_file(table, annot_col="Annotation").df
+    assert df["Max Score"].tolist() == pytest.approx([d[3] for d in want])
+    assert df["File Offset (s)"].tolist() == pytest.approx([d[1] for d in want])
+    assert set(df["Begin Path"]) == {str(tmp_path / "rec.wav")} and set(df["Begin File"]) == {"rec.wav"}
+    assert df["Selection"].tolist() == [1, 2, 3, 4] and set(df["View"]) == {"Spectrogram 1"}
+    # Raven's own layout: a header row, tab-separated cells without padding, CRLF line ends, UTF-8.
+    raw = table.read_bytes()
+    lines = raw.decode("utf-8").split("\r\n")
+    assert lines[-1] == "" and b"\n" not in raw.replace(b"\r\n", b"") and not raw.startswith(b"\xef\xbb\xbf")
+    assert lines[0].split("\t") == list(RAVEN_COLUMNS)
+    assert RAVEN_COLUMNS[7] == "Annotation"  # the 8th column: where opensoundscape looks by default
+    assert all(c == c.strip() and c for ln in lines[:-1] for c in ln.split("\t"))
+    assert empty.read_bytes() == "\t".join(RAVEN_COLUMNS).encode() + b"\r\n"  # no detections: the header only
+
+
+@pytest.mark.filterwarnings(CROWSETTA_PANDAS_WARNING)
+def test_same_name_files_in_two_folders_get_a_table_each(tmp_path):
+    crowsetta = pytest.importorskip("crowsetta")
+    a, b = tmp_path / "site_a" / "rec.wav", tmp_path / "site_b" / "deep" / "rec.wav"
+    run = small_run([file_result(a, [(1, 1.0, 2.0, 0.8)]), file_result(b, [(2, 5.0, 6.5, 0.9), (0, 0.5, 1.0, 0.7)])])
+    written = write_raven(run, tmp_path / "out")
+    assert [p.relative_to(tmp_path / "out").as_posix() for p in written] == \
+           ["site_a/rec.Table.1.selections.txt", "site_b/deep/rec.Table.1.selections.txt"]
+    for table, audio, labels in zip(written, (a, b), (["Bird, song"], ["_silence_", "Päivä"])):
+        raven = crowsetta.formats.bbox.Raven.from_file(table, annot_col="Annotation")
+        assert set(raven.df["Begin Path"]) == {str(audio)}
+        assert [x.label for x in raven.to_bbox()] == labels
+    # A file that could not be read counts for the mirrored folders too: names do not depend on it being readable.
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "bad.wav").write_bytes(b"RIFF")
+    one = PredictionRun([run.files[0]], [{"path": str(tmp_path / "other" / "bad.wav"), "error": "unreadable"}],
+                        run.labels, run.settings)
+    assert write_raven(one, tmp_path / "out2") == [tmp_path / "out2" / "site_a" / "rec.Table.1.selections.txt"]
+    assert raven_table_names([tmp_path / "x.wav", tmp_path / "x.flac", tmp_path / "y.wav"]) == \
+           ["x.Table.1.selections.txt", "x.Table.2.selections.txt", "y.Table.1.selections.txt"]
 
 
 # ----------------------------------------------------------------------------- bad files and inputs

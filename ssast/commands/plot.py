@@ -16,6 +16,7 @@ from ..device import default_device
 from ..features import FeatureConfig
 from ..loading import load
 from ..plots import file_spectrogram, plot_mask_visualization, plot_timeline
+from ..predict import common_folder, picture_names
 
 
 def _need_matplotlib(cmd: str) -> bool:
@@ -54,19 +55,17 @@ def run_timeline(args) -> int:
         raise ValueError(f"{args.result}: not a JSON output of ssast predict ({e})") from None
     features = FeatureConfig.from_dict(settings["features"]) if "features" in settings else FeatureConfig()
     out = Path(args.out_dir)
-    used: dict[str, int] = {}
-    for entry in files:
-        stem = Path(entry["path"]).stem
-        used[stem] = used.get(stem, 0) + 1
-        name = stem if used[stem] == 1 else f"{stem}_{used[stem]}"
+    paths = [e["path"] for e in files]
+    # Named as ssast predict names its tables and pictures: the input folders mirrored below OUT.
+    for entry, name in zip(files, picture_names(paths, base=common_folder(paths))):
         spec = None
         if args.spectrogram:
             try:
                 spec = file_spectrogram(entry["path"], features)
             except Exception as e:  # the audio may have moved: draw the scores alone
                 print(f"no spectrogram for {entry['path']}: {e}", file=sys.stderr)
-        plot_timeline(entry, out / f"{name}.png", spectrogram=spec, labels=args.label or None, top=args.top)
-        print(f"wrote {out / f'{name}.png'}")
+        plot_timeline(entry, out / name, spectrogram=spec, labels=args.label or None, top=args.top)
+        print(f"wrote {out / name}")
     return 0
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from .. import options, plots
 from ..loading import load
-from ..predict import ACTIVATIONS, FORMATS, Predictor, infer_format, predict, write
+from ..predict import ACTIVATIONS, FORMATS, Predictor, common_folder, infer_format, picture_names, predict, write
+from ..stream import collect_inputs
 
 
 def run(args) -> int:
@@ -25,19 +26,18 @@ def run(args) -> int:
             print("ssast predict: error: --plot-dir needs matplotlib (pip install matplotlib)", file=sys.stderr)
             return 2
         plot_dir = Path(args.plot_dir)
-        used: dict[str, int] = {}
+        # One PNG per file at its path below the inputs' common folder, as the Raven tables are named.
+        found, _ = collect_inputs(args.audio, recursive=args.recursive, list_file=args.list)
+        png_names = dict(zip(found, picture_names(found, base=common_folder(found))))
 
         def on_file(result):
-            # One PNG per file, named by its stem, numbered when stems repeat (as the Raven tables).
-            stem = Path(result.path).stem
-            used[stem] = used.get(stem, 0) + 1
-            name = stem if used[stem] == 1 else f"{stem}_{used[stem]}"
+            name = png_names.get(result.path) or picture_names([result.path])[0]
             try:
                 spec = plots.file_spectrogram(result.path, predictor.features)
             except Exception as e:  # the picture is optional: a file that fails here keeps its results
                 print(f"no spectrogram for {result.path}: {e}", file=sys.stderr)
                 spec = None
-            plots.plot_timeline(result, plot_dir / f"{name}.png", spectrogram=spec, top=args.plot_top)
+            plots.plot_timeline(result, plot_dir / name, spectrogram=spec, top=args.plot_top)
 
     loaded = load(args.model, label_csv=args.label_csv, **options.load_options(args))
     options.report_assumed(loaded, "predict")
