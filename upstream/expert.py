@@ -26,9 +26,10 @@ long clip gets too few steps for s3prl's ``Featurizer``. Here, for any clip leng
   field (``((tshape - 1) * 160 + 400) / 2`` samples after the start of its first fbank frame)
   lies there, which is how s3prl's downstream tasks read step k (e.g. diarization labels step k
   with the speech at ``k * rate / 16000`` s). The audio before the clip start is silence (zeros);
-- a window keeps the steps whose patches lie wholly in its real fbank frames (the frames past
-  them are s3prl's zero padding), ``steps_per_window`` of them, and the next window starts that
-  many steps later: windows overlap by the remainder, and every step is computed once;
+- a window keeps the steps whose patches lie wholly in its real fbank frames (not in the zero
+  frames that pad it to ``int(window_secs * 100)``), ``steps_per_window`` of them, and the next
+  window starts that many steps later: windows overlap by the remainder, and every step is
+  computed once, by one window;
 - every clip of a batch gets ``len(range(0, longest clip, rate))`` steps, the length that s3prl
   trims its features to and that its ``Featurizer`` checks.
 
