@@ -1,5 +1,6 @@
-"""The s3prl upstream in upstream/: features, hidden-state layout, s3prl's own ssast upstream as the
-reference, s3prl's Featurizer, and the torch.hub entries (downloads run on file:// URLs)."""
+"""The s3prl upstream in upstream/: features, hidden-state layout, window placement and timing,
+s3prl's own ssast upstream as the reference, s3prl's Featurizer at SUPERB's clip lengths, and the
+torch.hub entries (downloads run on file:// URLs)."""
 import importlib
 import importlib.util
 import os
@@ -12,7 +13,7 @@ import torch
 from torchaudio.compliance import kaldi
 
 from conftest import REPO, load_pt, rel_err
-from ssast import CheckpointError, read_checkpoint
+from ssast import ASTModel, CheckpointError, ModelConfig, read_checkpoint, save_released
 
 UPSTREAM = REPO / "upstream"
 TIMM_REFERENCE = REPO / ".reference" / "timm045"
@@ -33,6 +34,21 @@ def hub():
 @pytest.fixture(scope="module")
 def ckpts(fixtures):
     return {kind: str(fixtures / f"ssast_tiny_{kind}_pretrain_t1024.pth") for kind in ("patch", "frame")}
+
+
+@pytest.fixture(scope="module")
+def small_ckpts(tmp_path_factory):
+    """Released-format pretraining files of a 3-block, 64-wide model with random weights, in the
+    geometry s3prl expects (128 mel bins, 16x16 patches or 128x2 frames, 1024-frame grid)."""
+    out = tmp_path_factory.mktemp("small_upstream")
+    paths = {}
+    for kind, (fshape, tshape) in {"patch": (16, 16), "frame": (128, 2)}.items():
+        cfg = ModelConfig(embed_dim=64, depth=3, num_heads=2, num_prefix_tokens=2, fshape=fshape, tshape=tshape,
+                          fstride=fshape, tstride=tshape, input_fdim=128, input_tdim=1024, model_size="custom")
+        torch.manual_seed(0)
+        paths[kind] = str(out / f"small_{kind}.pth")
+        save_released(ASTModel(config=cfg), paths[kind])
+    return paths
 
 
 def make_wavs(*seconds, seed=0):
@@ -71,49 +87,67 @@ def test_features_follow_s3prl_convention(hub, ckpts):
     assert torch.equal(ours[:, 98:], torch.zeros(3, 2, 128))
 
 
-@pytest.mark.parametrize("kind, window_secs, rate, f_dim", [("patch", 1.0, 1600, 12), ("frame", 0.5, 160, 1)])
-def test_hidden_state_layout(hub, ckpts, kind, window_secs, rate, f_dim):
+@pytest.mark.parametrize("kind, window_secs, rate, f_dim, per_window, offset",
+                         [("patch", 1.0, 1600, 12, 9, 1400), ("frame", 0.5, 160, 1, 47, 280)])
+def test_hidden_state_layout(hub, ckpts, kind, window_secs, rate, f_dim, per_window, offset):
     up = hub.ssast_local(ckpts[kind], window_secs=window_secs).eval()
     cfg = up.model.config
     assert up.model_type == kind and up.get_downsample_rates() == up.get_downsample_rates("hidden_states") == rate
     assert (cfg.f_dim, cfg.input_tdim) == (f_dim, int(window_secs * 100))
-    wav = make_wavs(window_secs)[0]
+    # A window's real fbank frames (98 of 100 at 1 s, 48 of 50 at 0.5 s) hold 9 patches of 16
+    # frames at stride 10, or 47 of 2 at stride 1; the receptive field of a patch spans
+    # (tshape - 1) * 160 + 400 samples, and its centre is half that after its start.
+    assert (up.steps_per_window, up.offset_samples, up.hop_samples) == (per_window, offset, per_window * rate)
+    wav = make_wavs(per_window * rate / SR)[0]  # exactly one window's steps
+    window = torch.nn.functional.pad(wav, (offset, up.window_samples - offset - len(wav)))  # (W,)
     with torch.no_grad():
         hs = up([wav])["hidden_states"]
-        x = up.features(wav[None])
+        x = up.features(window[None])
         blocks = up.block_outputs(x)
         final = up.model.encode(x)
     d = cfg.embed_dim
-    # one window gives t_dim steps, one short of len(range(0, len(wav), rate)): s3prl's trim cuts none
-    steps = cfg.t_dim
-    assert steps == len(range(0, len(wav), rate)) - 1
     assert len(hs) == cfg.depth == 12
-    assert all(h.shape == (1, steps, f_dim * d) for h in hs)
+    assert all(h.shape == (1, per_window, f_dim * d) for h in hs)
     # the blocks' outputs before the final norm
     torch.testing.assert_close(up.model.v.norm(blocks[-1]), final)
     assert not torch.allclose(blocks[-1], final)
     # time step t, frequency patch f of layer l: token P + f * t_dim + t of block l
     p, t_dim = cfg.num_prefix_tokens, cfg.t_dim
     for layer in (0, 5, 11):
-        for t in (0, steps - 1):
+        for t in (0, per_window - 1):
             for f in (0, f_dim - 1):
                 assert torch.equal(hs[layer][0, t, f * d:(f + 1) * d], blocks[layer][0, p + f * t_dim + t])
 
 
 def test_windows_and_clips_are_independent(hub, ckpts):
+    # 1 s patch windows: window w holds samples [14400 w - 1400, 14400 w + 14600) of the clip and
+    # gives steps 9 w .. 9 w + 8. Window 1 is samples 13000 .. 28999, steps 9 .. 17; its patches
+    # read fbank frames 0 .. 95, i.e. samples 13000 .. 28599.
     up = hub.ssast_local(ckpts["patch"], window_secs=1.0).eval()
     a, b = make_wavs(2.3, 1.2)
+    noise = 0.5 * torch.randn(len(a), generator=torch.Generator().manual_seed(5))
+    outside = a.clone()
+    outside[:13000], outside[29000:] = noise[:13000], noise[29000:]
+    first, last = a.clone(), a.clone()
+    first[13000 + 200] += 1.0  # the middle of its first fbank frame
+    last[28600 - 200] += 1.0  # the middle of the last frame its patches read
     with torch.no_grad():
         both = up([a, b])["hidden_states"]
         alone_a = up([a])["hidden_states"]
         alone_b = up([b])["hidden_states"]
-        second_window = up([a[SR:2 * SR]])["hidden_states"]  # 9 time steps of 1600 samples
-    assert both[0].shape == (2, 23, 12 * 192)  # 36800 samples / 1600
+        edited = up([outside, first, last])["hidden_states"]
+    assert both[0].shape == (2, 23, 12 * 192)  # len(range(0, 36800, 1600))
+    assert alone_b[0].shape == (1, 12, 12 * 192)  # len(range(0, 19200, 1600))
     for layer in (0, 11):
         assert rel_err(both[layer][0], alone_a[layer][0]) < 1e-5
-        n = alone_b[layer].shape[1]
-        assert rel_err(both[layer][1, :n], alone_b[layer][0]) < 1e-5
-        assert rel_err(alone_a[layer][0, 9:18], second_window[layer][0]) < 1e-5
+        assert rel_err(both[layer][1, :12], alone_b[layer][0]) < 1e-5
+        # audio outside window 1 changes every step but those of window 1
+        assert rel_err(edited[layer][0, 9:18], alone_a[layer][0, 9:18]) < 1e-5
+        assert rel_err(edited[layer][0, :9], alone_a[layer][0, :9]) > 1e-2
+        assert rel_err(edited[layer][0, 18:], alone_a[layer][0, 18:]) > 1e-2
+        # the first and last frames its steps read are in it
+        for clip in (1, 2):
+            assert rel_err(edited[layer][clip, 9:18], alone_a[layer][0, 9:18]) > 1e-4
 
 
 def test_released_finetuned_ast_file(hub, fixtures):
@@ -139,27 +173,41 @@ def test_bad_input_is_refused(hub, ckpts):
 
 # ----------------------------------------------------------------------------- s3prl itself
 
-REFERENCE_CASES = [("patch", 1.0), ("frame", 1.0), ("patch", 6.6), ("frame", 5.5)]
-# 1 s windows crop the pretrained positional grid along time; 6.6 s (patch: 65 > 64 time patches)
-# and 5.5 s (frame: 549 > 512) interpolate it.
+# (kind, window_secs, steps kept per window, offset in samples). 1 s windows crop the pretrained
+# positional grid along time; 6.6 s (patch: 65 > 64 time patches) and 5.5 s (frame: 549 > 512)
+# interpolate it. Kept steps: patches wholly inside the window's (W - 400) // 160 + 1 real frames.
+REFERENCE_CASES = [("patch", 1.0, 9, 1400), ("frame", 1.0, 97, 280), ("patch", 6.6, 65, 1400), ("frame", 5.5, 547, 280)]
+RATES = {"patch": 1600, "frame": 160}
 
 REFERENCE_SCRIPT = textwrap.dedent("""
     import sys, timm, torch
     assert timm.__version__ == "0.4.5", timm.__version__
     from s3prl.upstream.ssast.expert import UpstreamExpert
-    cases, wavs = torch.load(sys.argv[1])
+    cases = torch.load(sys.argv[1])
     out = []
-    for ckpt, size, window_secs in cases:
+    for ckpt, size, window_secs, segments in cases:
         up = UpstreamExpert(ckpt, size, window_secs).eval()
         with torch.no_grad():
-            out.append([h.contiguous() for h in up(wavs)["hidden_states"]])
+            out.append([h.contiguous() for h in up(segments)["hidden_states"]])
     torch.save(out, sys.argv[2])
 """)
 
 
+def window_segments(wav: torch.Tensor, n_windows: int, window: int, per_window: int, rate: int, offset: int):
+    """The audio of each window, cut directly: window w starts per_window * rate * w - offset
+    samples into the clip, with zeros before the clip's start and past its end."""
+    hop = per_window * rate
+    padded = torch.nn.functional.pad(wav, (offset, (n_windows - 1) * hop + window))
+    return [padded[w * hop:w * hop + window] for w in range(n_windows)]
+
+
 @pytest.fixture(scope="module")
 def reference_hidden_states(ckpts, tmp_path_factory):
-    """s3prl's own ssast upstream, run in a subprocess that sees timm 0.4.5, on every case."""
+    """s3prl's own ssast upstream, run in a subprocess that sees timm 0.4.5, on every window.
+
+    s3prl places its windows differently (see test_matches_s3prl_ssast_upstream), so it is given
+    the audio of each of our windows as a clip of its own: one window, whose steps it computes
+    as it always does."""
     if not HAVE_S3PRL:
         pytest.skip("s3prl is not installed (run scripts/install_reference.sh)")
     if not (TIMM_REFERENCE / "timm").is_dir():
@@ -167,11 +215,16 @@ def reference_hidden_states(ckpts, tmp_path_factory):
                     "(run scripts/install_reference.sh)")
     tmp = tmp_path_factory.mktemp("s3prl_reference")
     wavs = make_wavs(2.3, 1.2, seed=1)
-    cases = []
-    for kind, window_secs in REFERENCE_CASES:
+    cases, layout = [], {}
+    for kind, window_secs, per_window, offset in REFERENCE_CASES:
         size = read_checkpoint(ckpts[kind]).config.model_size  # s3prl spells it "<size>_<p|f>"
-        cases.append((ckpts[kind], f"{size}_{kind[0]}", window_secs))
-    torch.save((cases, wavs), tmp / "inputs.pt")
+        rate, window = RATES[kind], int(window_secs * SR)
+        steps = len(range(0, max(len(w) for w in wavs), rate))
+        n_windows = -(-steps // per_window)
+        segments = [s for w in wavs for s in window_segments(w, n_windows, window, per_window, rate, offset)]
+        cases.append((ckpts[kind], f"{size}_{kind[0]}", window_secs, segments))
+        layout[kind, window_secs] = (n_windows, steps)
+    torch.save(cases, tmp / "inputs.pt")
     # timm 0.4.5 first on the path of the subprocess only; everything else comes from the venv
     pythonpath = os.pathsep.join(filter(None, [str(TIMM_REFERENCE), os.environ.get("PYTHONPATH")]))
     env = dict(os.environ, PYTHONPATH=pythonpath)
@@ -180,14 +233,31 @@ def reference_hidden_states(ckpts, tmp_path_factory):
     run = subprocess.run([sys.executable, str(script), str(tmp / "inputs.pt"), str(tmp / "out.pt")],
                          env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, f"s3prl's ssast upstream failed:\n{run.stderr[-3000:]}"
-    return wavs, dict(zip(REFERENCE_CASES, torch.load(tmp / "out.pt", weights_only=True)))
+    reference = {}
+    for (kind, window_secs, per_window, _), hidden in zip(REFERENCE_CASES, torch.load(tmp / "out.pt", weights_only=True)):
+        n_windows, steps = layout[kind, window_secs]
+        # (B * windows, s3prl's steps, f * D) -> the kept steps of each window, in time order
+        reference[kind, window_secs] = [
+            h[:, :per_window].reshape(len(wavs), n_windows * per_window, -1)[:, :steps] for h in hidden
+        ]
+    return wavs, reference
 
 
-@pytest.mark.parametrize("kind, window_secs", REFERENCE_CASES)
-def test_matches_s3prl_ssast_upstream(hub, ckpts, reference_hidden_states, kind, window_secs):
+@pytest.mark.parametrize("kind, window_secs, per_window, offset", REFERENCE_CASES)
+def test_matches_s3prl_ssast_upstream(hub, ckpts, reference_hidden_states, kind, window_secs, per_window, offset):
+    """Every window's hidden states are those of s3prl's own upstream on that window's audio.
+
+    What differs, deliberately, is where the windows are. s3prl cuts a clip into non-overlapping
+    windows starting at sample 0, but a window gives fewer steps than window / rate (9 of 10 at
+    1 s), so from its second window on its steps drift one step per window, and long clips fail
+    its Featurizer's length check; and its step k starts, rather than centres, on k * rate. So
+    s3prl's upstream defines the computation of one window correctly, and that is what is
+    compared: the windows are cut here from the clip, and their kept steps concatenated.
+    """
     wavs, reference = reference_hidden_states
     ref = reference[(kind, window_secs)]
     up = hub.ssast_local(ckpts[kind], window_secs=window_secs).eval()
+    assert (up.steps_per_window, up.offset_samples) == (per_window, offset)
     with torch.no_grad():
         ours = up(wavs)["hidden_states"]
     assert len(ours) == len(ref) == 12
@@ -215,6 +285,57 @@ def test_s3prl_featurizer_weighted_sum(hub, ckpts, kind, rate, width):
         torch.testing.assert_close(f, m[:len(f)])
     sum(f.sum() for f in feats).backward()
     assert featurizer.weights.grad is not None and torch.isfinite(featurizer.weights.grad).all()
+
+
+SUPERB_SECONDS = (1.0, 2.0, 3.7, 10.0, 20.0)  # SUPERB's utterances are 1 to 20 s
+
+
+@needs_s3prl
+@pytest.mark.parametrize("window_secs", [1.0, 2.0, 6.0])
+@pytest.mark.parametrize("kind", ["patch", "frame"])
+def test_s3prl_featurizer_at_every_length(hub, small_ckpts, kind, window_secs):
+    from s3prl.upstream.interfaces import Featurizer
+
+    up = hub.ssast_local(small_ckpts[kind], window_secs=window_secs)
+    featurizer = Featurizer(up, upstream_device="cpu")
+    rate = featurizer.downsample_rate
+    wavs = make_wavs(*SUPERB_SECONDS)
+    with torch.no_grad():
+        batches = [[w] for w in wavs[:-1]] + [wavs]  # every length as the longest clip, then all together
+        for batch in batches:
+            out = up(batch)
+            longest = max(len(w) for w in batch)
+            # one step per rate samples of the longest clip, as s3prl counts them
+            assert [h.shape[:2] for h in out["hidden_states"]] == [(len(batch), len(range(0, longest, rate)))] * 3
+            feats = featurizer(batch, out)  # asserts the length against round(longest / rate)
+            assert [len(f) for f in feats] == [round(len(w) / rate) for w in batch]
+    assert len(range(0, 20 * SR, rate)) == {"patch": 200, "frame": 2000}[kind]
+
+
+def steps_changed_most(up, clicks: list[int], num_samples: int) -> list[list[int]]:
+    """For each layer: the step that changes most, against a silent clip, when a click is put at
+    each sample of ``clicks`` (one clip per click, all clips in one batch)."""
+    clips = [torch.zeros(num_samples) for _ in range(len(clicks) + 1)]
+    for clip, sample in zip(clips[1:], clicks):
+        clip[sample] = 1.0
+    with torch.no_grad():
+        hs = up(clips)["hidden_states"]
+    return [(h[1:] - h[:1]).norm(dim=-1).argmax(dim=1).tolist() for h in hs]  # (clicks,) per layer
+
+
+@pytest.mark.parametrize("kind, window_secs", [("patch", 1.0), ("patch", 2.0), ("frame", 1.0), ("frame", 2.0)])
+def test_click_shows_at_its_step(hub, small_ckpts, kind, window_secs):
+    """A click at sample k * rate changes step k most, in every layer, in every window."""
+    up = hub.ssast_local(small_ckpts[kind], window_secs=window_secs).eval()
+    rate, per_window = up.get_downsample_rates(), up.steps_per_window
+    # either side of the first two window boundaries
+    early = [0, 1, per_window - 1, per_window, per_window + 1, 2 * per_window - 1, 2 * per_window]
+    # later: a step inside the sixth window, 10 s in, and the last step of a 10.5 s clip
+    n = int(10.5 * SR)
+    late = [5 * per_window + 3, 10 * SR // rate, len(range(0, n, rate)) - 1]
+    for ks, num_samples in ((early, (2 * per_window + 2) * rate), (late, n)):
+        for layer, found in enumerate(steps_changed_most(up, [k * rate for k in ks], num_samples)):
+            assert found == ks, f"layer {layer}: clicks at steps {ks} changed steps {found} most"
 
 
 # ----------------------------------------------------------------------------- hub entries

@@ -1,22 +1,41 @@
 """s3prl (SUPERB) upstream expert for SSAST models: the hidden states of every encoder block.
 
-The conventions are those of s3prl's own ssast upstream (s3prl 0.4.18), so that SUPERB numbers
-stay comparable with it:
+Each window's computation is that of s3prl's own ssast upstream (s3prl 0.4.18), so that SUPERB
+numbers stay comparable with it:
 
-- the input is 16 kHz audio, cut into non-overlapping windows of ``window_secs`` (the batch is
-  zero-padded to a whole number of windows);
-- each window becomes 128-bin Kaldi fbank, normalized with AudioSet's statistics as
-  ``(x + 4.2677393) / (2 * 4.5689974)`` and zero-padded or cropped to
-  ``int(window_secs * 100)`` frames, the padding added after normalization;
+- each window is ``int(window_secs * 16000)`` samples of 16 kHz audio, turned into 128-bin Kaldi
+  fbank, normalized with AudioSet's statistics as ``(x + 4.2677393) / (2 * 4.5689974)`` and
+  zero-padded or cropped to ``int(window_secs * 100)`` frames, the padding added after
+  normalization;
 - the model is the fine-tuning-stage encoder built from the pretrained checkpoint for that input
   length, with s3prl's strides: 10x10 for 16x16 patch models, and frequency stride 128 with
   time stride 1 for 128x2 frame models;
 - ``hidden_states`` holds one tensor per block, that block's output before the final norm, with
   the prefix tokens dropped and the frequency patches of one time step concatenated along the
-  feature axis: (batch, time steps, f_dim * D); the windows follow each other in time, and the
-  result is trimmed to ``len(range(0, longest clip, downsample rate))`` steps;
+  feature axis: (batch, time steps, f_dim * D);
 - the downsample rate is ``160 * tstride`` samples (one time step per 10 ms fbank frame times
   the time stride).
+
+Where the windows sit in time is this module's own, because s3prl's placement drifts: it tiles
+the clip with non-overlapping windows, but a window of ``window_secs`` yields only
+``(frames - tshape) // tstride + 1`` steps, fewer than ``window_secs * 16000 / rate`` (9 of 10
+for a 1 s patch window), so its k-th step is late by one step per window already passed, and a
+long clip gets too few steps for s3prl's ``Featurizer``. Here, for any clip length and window:
+
+- step k describes the audio centred on sample ``k * rate``: the centre of its patch's receptive
+  field (``((tshape - 1) * 160 + 400) / 2`` samples after the start of its first fbank frame)
+  lies there, which is how s3prl's downstream tasks read step k (e.g. diarization labels step k
+  with the speech at ``k * rate / 16000`` s). The audio before the clip start is silence (zeros);
+- a window keeps the steps whose patches lie wholly in its real fbank frames (not in the zero
+  frames that pad it to ``int(window_secs * 100)``), ``steps_per_window`` of them, and the next
+  window starts that many steps later: windows overlap by the remainder, and every step is
+  computed once, by one window;
+- every clip of a batch gets ``len(range(0, longest clip, rate))`` steps, the length that s3prl
+  trims its features to and that its ``Featurizer`` checks.
+
+Overlapping windows of s3prl's own length keep each window's numbers equal to s3prl's upstream on
+the same audio; windows padded with context, or one pass over a longer input, would change the
+positional grid and the padding that the model sees, and so every hidden state.
 
 Features differ from the fine-tuning recipes in two ways, both s3prl's: the recipes remove the
 clip's mean before the fbank, and pad the fbank before normalizing it (so that padded frames hold
@@ -35,7 +54,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ssast import CheckpointError, loading
-from ssast.features import AUDIOSET_MEAN, AUDIOSET_STD, fbank, frame_geometry, pad_or_crop
+from ssast.config import grid_size
+from ssast.features import AUDIOSET_MEAN, AUDIOSET_STD, fbank, frame_geometry, num_frames, pad_or_crop
 
 SAMPLE_RATE = 16000
 FBANK_HOP = 160  # samples between fbank frames: 10 ms at 16 kHz
@@ -123,10 +143,11 @@ class UpstreamExpert(nn.Module):
         self.window_samples = int(window_secs * SAMPLE_RATE)
         target_length = int(window_secs * SAMPLE_RATE / FBANK_HOP)
         frame_size, _, _ = frame_geometry(SAMPLE_RATE)
-        if self.window_samples < frame_size or target_length < src.tshape:
+        if num_frames(self.window_samples, SAMPLE_RATE) < src.tshape:
+            shortest = (src.tshape - 1) * FBANK_HOP + frame_size
             raise ValueError(
                 f"window_secs={window_secs} is too short: a window must hold at least {src.tshape} fbank "
-                f"frames ({src.tshape * FBANK_HOP / SAMPLE_RATE:g} s) for {src.fshape}x{src.tshape} patches"
+                f"frames ({shortest / SAMPLE_RATE:g} s) for {src.fshape}x{src.tshape} patches"
             )
         # The encoder at s3prl's strides and input length: the positional grid is resampled to it.
         self.model = loading.load(checkpoint, stage="finetune", fstride=fstride, tstride=tstride,
@@ -138,6 +159,13 @@ class UpstreamExpert(nn.Module):
         self.target_length = target_length
         self.num_mel_bins = cfg.input_fdim
         self.tstride = tstride
+        # Steps whose patches lie wholly in a window's real fbank frames; the next window starts
+        # that many steps later.
+        self.steps_per_window = grid_size(num_frames(self.window_samples, SAMPLE_RATE), cfg.tshape, tstride)
+        self.hop_samples = self.steps_per_window * self.get_downsample_rates()
+        # Samples from the start of a patch's first fbank frame to the centre of its receptive
+        # field: the audio is shifted by this much so that step k is centred on k * rate.
+        self.offset_samples = ((cfg.tshape - 1) * FBANK_HOP + frame_size) // 2
 
     def get_downsample_rates(self, key: str | None = None) -> int:
         """Samples of 16 kHz audio per time step of every hidden state."""
@@ -160,33 +188,51 @@ class UpstreamExpert(nn.Module):
                 h.remove()
         return outs
 
-    def forward(self, wavs: list[torch.Tensor]) -> dict[str, list[torch.Tensor]]:
-        """A list of 1-D 16 kHz waveforms -> ``{"hidden_states": [(B, steps, f_dim * D)] * depth}``."""
+    def num_steps(self, num_samples: int) -> int:
+        """Time steps for a clip of ``num_samples``: one per ``rate`` samples, as s3prl counts them."""
+        return len(range(0, num_samples, self.get_downsample_rates()))
+
+    def windows(self, wavs: list[torch.Tensor]) -> torch.Tensor:
+        """1-D waveforms -> (B, windows, window samples): the audio each window sees.
+
+        Window w starts ``w * hop_samples - offset_samples`` samples into the clip; samples
+        before the clip's start and past its end are 0. There are just enough windows for
+        ``num_steps`` of the longest clip.
+        """
         if not len(wavs):
             raise ValueError("no waveforms given")
         if any(w.dim() != 1 for w in wavs):
             raise ValueError("expected a list of 1-D waveforms (samples,)")
-        win = self.window_samples
         max_len = max(len(w) for w in wavs)
         if max_len == 0:
             raise ValueError("all waveforms are empty")
-        n_win = len(range(0, max_len, win))
+        win, hop, left = self.window_samples, self.hop_samples, self.offset_samples
+        n_win = -(-self.num_steps(max_len) // self.steps_per_window)
+        total = (n_win - 1) * hop + win  # samples spanned by the windows, from -left
         batch = torch.nn.utils.rnn.pad_sequence([w.float() for w in wavs], batch_first=True)  # (B, S)
-        batch = F.pad(batch, (0, n_win * win - max_len))  # (B, n_win * win)
-        b = batch.shape[0]
-        x = self.features(batch.reshape(b * n_win, win))  # (B * n_win, T, M): all windows at once
+        # The last window may end before the clip does, by less than one step: those samples
+        # belong to no kept patch, and are cut.
+        batch = F.pad(batch, (left, max(0, total - left - max_len)))[:, :total]  # (B, total)
+        return batch.unfold(1, win, hop)  # (B, n_win, win), overlapping views
+
+    def forward(self, wavs: list[torch.Tensor]) -> dict[str, list[torch.Tensor]]:
+        """A list of 1-D 16 kHz waveforms -> ``{"hidden_states": [(B, steps, f_dim * D)] * depth}``."""
+        windows = self.windows(wavs)  # (B, n_win, win)
+        b, n_win, win = windows.shape
+        x = self.features(windows.reshape(b * n_win, win))  # (B * n_win, T, M): all windows at once
 
         cfg = self.model.config
-        p, f_dim, t_dim = cfg.num_prefix_tokens, cfg.f_dim, cfg.t_dim
-        steps = len(range(0, max_len, self.get_downsample_rates()))
+        p, f_dim, t_dim, keep = cfg.num_prefix_tokens, cfg.f_dim, cfg.t_dim, self.steps_per_window
+        steps = self.num_steps(max(len(w) for w in wavs))
         hidden = []
         for h in self.block_outputs(x):
             h = h[:, p:].reshape(b * n_win, f_dim, t_dim, -1)  # (B * n_win, f, t, D): frequency-major tokens
-            h = h.transpose(1, 2).flatten(2)  # (B * n_win, t, f * D)
-            h = h.reshape(b, n_win * t_dim, -1)  # (B, n_win * t, f * D): windows in time order
+            h = h.transpose(1, 2)[:, :keep].flatten(2)  # (B * n_win, keep, f * D)
+            h = h.reshape(b, n_win * keep, -1)  # (B, n_win * keep, f * D): windows in time order
             hidden.append(h[:, :steps].float())
         return {"hidden_states": hidden}
 
     def extra_repr(self) -> str:
         return (f"model_type={self.model_type!r}, window_secs={self.window_secs}, "
-                f"downsample_rate={self.get_downsample_rates()}")
+                f"downsample_rate={self.get_downsample_rates()}, steps_per_window={self.steps_per_window}, "
+                f"offset_samples={self.offset_samples}")
