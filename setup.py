@@ -22,6 +22,10 @@ INSTALL_REQUIRES = [
 # scripts/setup.sh does this.
 DEEPSPEED = "deepspeed==0.19.8"
 
+# ONNX export (torch's torch.export-based exporter translates through onnxscript) and ONNX Runtime
+# (CPU build) to run and test the exported files.
+ONNX = ["onnx==1.23.2", "onnxscript==0.7.2", "onnxruntime==1.31.1"]
+
 setup(
     name="ssast",
     version="0.1.0",
@@ -35,9 +39,10 @@ setup(
     extras_require={
         "hf": ["transformers==5.23.0"],
         "plots": ["matplotlib==3.11.2"],
+        "onnx": ONNX,
         "train": [DEEPSPEED],
         "test": ["pytest>=7", "transformers==5.23.0", "matplotlib==3.11.2", "scikit-learn==1.9.1",
-                 "scipy==1.17.1"],
+                 "scipy==1.17.1", *ONNX],
     },
     entry_points={"console_scripts": ["ssast=ssast.cli:main"]},
 )
