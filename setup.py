@@ -23,6 +23,10 @@ INSTALL_REQUIRES = [
 # scripts/setup.sh does this.
 DEEPSPEED = "deepspeed==0.19.8"
 
+# ONNX export (torch's torch.export-based exporter translates through onnxscript) and ONNX Runtime
+# (CPU build) to run and test the exported files.
+ONNX = ["onnx==1.23.2", "onnxscript==0.7.2", "onnxruntime==1.31.1"]
+
 setup(
     name="ssast",
     version="0.1.0",
@@ -38,10 +42,11 @@ setup(
     extras_require={
         "hf": ["transformers==5.23.0"],
         "plots": ["matplotlib==3.11.2"],
+        "onnx": ONNX,
         "train": [DEEPSPEED],
         # crowsetta reads the Raven tables back in the tests (with the pandas and pandera it was tested with).
         "test": ["pytest>=7", "transformers==5.23.0", "matplotlib==3.11.2", "scikit-learn==1.9.1",
-                 "scipy==1.17.1", "crowsetta==5.1.2", "pandas==3.1.1", "pandera==0.35.0"],
+                 "scipy==1.17.1", "crowsetta==5.1.2", "pandas==3.1.1", "pandera==0.35.0", *ONNX],
     },
     entry_points={"console_scripts": ["ssast=ssast.cli:main"]},
 )

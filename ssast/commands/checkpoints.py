@@ -5,12 +5,13 @@ pretraining or fine-tuning run folder, or a Hugging Face model folder.
 """
 from __future__ import annotations
 
-from .. import options
+from .. import onnx, options
 from ..checkpoint import save_checkpoint, save_released
 from ..hf import export_hf
 from ..loading import describe, load
+from ..model import FINETUNE_TASKS
 
-FORMATS = ("released", "ssast", "hf")
+FORMATS = ("released", "ssast", "hf", "onnx")
 
 
 def run_info(args) -> int:
@@ -23,6 +24,8 @@ def run_export(args) -> int:
     options.report_assumed(loaded, "export")
     if args.format == "hf":
         export_hf(loaded, args.out)
+    elif args.format == "onnx":
+        onnx.export_onnx(loaded, args.out, with_features=args.with_features, task=args.task, opset=args.opset)
     elif args.format == "released":
         save_released(loaded.model, args.out)
     else:
@@ -50,7 +53,13 @@ def register(subparsers) -> None:
     e.add_argument("--format", choices=FORMATS, required=True,
                    help="released: the 2021 code's and s3prl's format; ssast: the project format (model config, "
                         "features and labels inside); hf: transformers' ASTForAudioClassification (fine-tuned "
-                        "ft_cls models with 16x16 patches)")
+                        "ft_cls models with 16x16 patches); onnx: for ONNX Runtime (fine-tuned models)")
     e.add_argument("--out", required=True, help="output file (a folder for --format hf)")
+    g = e.add_argument_group("onnx")
+    g.add_argument("--with-features", action=options.B, default=False,
+                   help="16 kHz waveform in (batch, samples), the Kaldi fbank inside the graph; default: the "
+                        "normalized spectrogram (batch, frames, mel bins) in")
+    g.add_argument("--task", choices=FINETUNE_TASKS, help="pooling (default: the model's own)")
+    g.add_argument("--opset", type=int, default=onnx.DEFAULT_OPSET, help=f"ONNX opset (default {onnx.DEFAULT_OPSET})")
     options.add_model_options(e, "the file")
     e.set_defaults(func=run_export)
