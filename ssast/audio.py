@@ -102,8 +102,9 @@ def max_sample_magnitude(sample_rate: int = DEFAULT_SAMPLE_RATE) -> float:
 
 
 def _peak(wave: torch.Tensor) -> float:
-    lo, hi = torch.aminmax(wave)  # NaN propagates; no copy of the clip as abs() would make
-    return max(-lo.item(), hi.item()) if not (math.isnan(lo.item()) or math.isnan(hi.item())) else math.nan
+    """The largest sample magnitude; NaN if there is a NaN (without the copy abs() would make)."""
+    lo, hi = torch.aminmax(wave)
+    return torch.maximum(-lo, hi).item()
 
 
 def _check_peak(peak: float, sample_rate: int, name) -> None:

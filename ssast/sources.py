@@ -105,6 +105,11 @@ def _decode_text(path, what: str) -> str:
                                 f"save the {what} as UTF-8") from None
 
 
+def _field(fields: list[str], columns: dict[str, int], name: str) -> str:
+    i = columns.get(name)
+    return fields[i].strip() if i is not None and i < len(fields) else ""
+
+
 def read_label_csv(path: str | os.PathLike) -> tuple[list[str], list[str]]:
     """The official label CSV: (mids in index order, display names).
 
@@ -119,20 +124,16 @@ def read_label_csv(path: str | os.PathLike) -> tuple[list[str], list[str]]:
         missing = [c for c in ("index", "mid") if c not in header]
         if missing:
             found = ",".join(header) or "nothing"
-            raise SourceError(path, f"line 1: not a label CSV: no {' or '.join(missing)} column ({expected}; found {found})")
+            raise SourceError(path, f"line 1: not a label CSV: no {' or '.join(missing)} column "
+                                    f"({expected}; found {found})")
         col = {name: i for i, name in reversed(list(enumerate(header)))}  # first column of each name
         rows, mid_line, index_line = [], {}, {}
         for fields in reader:
             line = reader.line_num
             if not any(f.strip() for f in fields):
                 continue  # a blank line
-
-            def value(name: str) -> str:
-                i = col.get(name)
-                return fields[i].strip() if i is not None and i < len(fields) else ""
-
-            index, mid = value("index"), value("mid")
-            if not re.fullmatch(r"\d+", index):
+            index, mid = _field(fields, col, "index"), _field(fields, col, "mid")
+            if not re.fullmatch(r"[0-9]+", index):
                 raise SourceError(path, f"line {line}: index {index!r} is not an integer (0, 1, 2, ...)")
             if not mid:
                 raise SourceError(path, f"line {line}: empty mid (label id)")
@@ -141,7 +142,7 @@ def read_label_csv(path: str | os.PathLike) -> tuple[list[str], list[str]]:
             if int(index) in index_line:
                 raise SourceError(path, f"line {line}: index {int(index)} repeats line {index_line[int(index)]}")
             mid_line[mid], index_line[int(index)] = line, line
-            rows.append((int(index), mid, value("display_name") or mid))
+            rows.append((int(index), mid, _field(fields, col, "display_name") or mid))
     except csv.Error as e:
         raise SourceError(path, f"line {reader.line_num}: not a CSV ({e})") from None
     if not rows:
@@ -218,8 +219,8 @@ def _read_folder(path: Path, labeled: bool | None) -> Source:
         return Source(str(path), "folder-per-class", items, classes, list(classes), problems=sorted(problems))
     files, problems = scan_audio(path)
     if not files:
-        raise SourceError(path, "no audio files found (looked for " + ", ".join(e[1:] for e in ('.wav', '.flac', '.ogg', '.mp3'))
-                          + ", ...)" + _problems_note(problems))
+        looked = ", ".join(e[1:] for e in (".wav", ".flac", ".ogg", ".mp3"))
+        raise SourceError(path, f"no audio files found (looked for {looked}, ...)" + _problems_note(problems))
     return Source(str(path), "folder", [Item(str(p)) for p in files], problems=problems)
 
 
