@@ -17,3 +17,5 @@ run features benchmarks/features.py --json "$OUT/features.json"
 run data_loading benchmarks/data_loading.py --clips 200 --workers 2 --batch 16 --json "$OUT/data_loading.json"
 run inference benchmarks/inference.py --size base --batch 2 --steps 2
 run predict_rtf benchmarks/predict_rtf.py --minutes 60
+run stats_memory benchmarks/stats_memory.py --minutes 10 --json "$OUT/stats_memory.json"
+run extract benchmarks/extract.py --json "$OUT/extract.json"

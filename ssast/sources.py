@@ -10,18 +10,25 @@
   (unlabeled; searched recursively).
 
 Relative paths are resolved against the datafile's folder. :func:`validate` reports bad entries
-(missing files, unknown labels, unreadable audio) up front.
+(missing files, unknown labels, unreadable audio, and what a folder scan found but could not use:
+broken symbolic links, folders named like audio files, folders that cannot be listed) up front.
+The label CSV is checked as it is read: a repeated mid or index, a non-integer index, an empty
+mid, missing columns or bytes that are not UTF-8 raise :class:`SourceError` naming the file and
+the line.
 """
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
+import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from .audio import AudioError, audio_info, is_audio_file
+from .audio import AudioError, audio_info, scan_audio
 
 PATH_COLUMNS = ("path", "wav", "file", "filename", "audio")
 LABEL_COLUMNS = ("labels", "label", "class", "category")
@@ -50,6 +57,7 @@ class Source:
     items: list[Item]
     labels: list[str] | None = None  # label ids in index order (AudioSet mids, class names)
     display_names: list[str] | None = None
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (path, problem) a folder scan found
 
     @property
     def labeled(self) -> bool:
@@ -84,20 +92,64 @@ def _resolve(base: Path, p: str) -> str:
     return str(q if q.is_absolute() else base / q)
 
 
-def read_label_csv(path: str | os.PathLike) -> tuple[list[str], list[str]]:
-    """The official label CSV: (mids in index order, display names)."""
+def _decode_text(path, what: str) -> str:
+    """A text file's contents; a byte that is not UTF-8 is reported with its line number."""
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
+        raw = Path(path).read_bytes()
     except OSError as e:
-        raise SourceError(path, f"cannot read label CSV ({e.strerror or e})") from None
-    if not rows or not {"index", "mid"} <= set(rows[0]):
-        raise SourceError(path, "not a label CSV: expected a header row with columns index,mid,display_name")
+        raise SourceError(path, f"cannot read {what} ({(e.strerror or str(e)).lower()})") from None
     try:
-        rows.sort(key=lambda r: int(r["index"]))
-    except ValueError:
-        raise SourceError(path, "label CSV has a non-integer index") from None
-    return [r["mid"] for r in rows], [r.get("display_name") or r["mid"] for r in rows]
+        return raw.decode("utf-8-sig")  # a byte-order mark, as spreadsheet programs write, is fine
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise SourceError(path, f"line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); "
+                                f"save the {what} as UTF-8") from None
+
+
+def _field(fields: list[str], columns: dict[str, int], name: str) -> str:
+    i = columns.get(name)
+    return fields[i].strip() if i is not None and i < len(fields) else ""
+
+
+def read_label_csv(path: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """The official label CSV: (mids in index order, display names).
+
+    Checked line by line: the header names ``index`` and ``mid`` (``display_name`` optional),
+    every index is a non-negative integer, every mid is non-empty, and no index or mid appears
+    twice; a problem raises :class:`SourceError` naming the file and the line.
+    """
+    reader = csv.reader(io.StringIO(_decode_text(path, "label CSV"), newline=""))
+    expected = "expected a header row with columns index,mid,display_name"
+    try:
+        header = [h.strip().lower() for h in next(reader, [])]
+        missing = [c for c in ("index", "mid") if c not in header]
+        if missing:
+            found = ",".join(header) or "nothing"
+            raise SourceError(path, f"line 1: not a label CSV: no {' or '.join(missing)} column "
+                                    f"({expected}; found {found})")
+        col = {name: i for i, name in reversed(list(enumerate(header)))}  # first column of each name
+        rows, mid_line, index_line = [], {}, {}
+        for fields in reader:
+            line = reader.line_num
+            if not any(f.strip() for f in fields):
+                continue  # a blank line
+            index, mid = _field(fields, col, "index"), _field(fields, col, "mid")
+            if not re.fullmatch(r"[0-9]+", index):
+                raise SourceError(path, f"line {line}: index {index!r} is not an integer (0, 1, 2, ...)")
+            if not mid:
+                raise SourceError(path, f"line {line}: empty mid (label id)")
+            if mid in mid_line:
+                raise SourceError(path, f"line {line}: mid {mid!r} repeats line {mid_line[mid]}")
+            if int(index) in index_line:
+                raise SourceError(path, f"line {line}: index {int(index)} repeats line {index_line[int(index)]}")
+            mid_line[mid], index_line[int(index)] = line, line
+            rows.append((int(index), mid, _field(fields, col, "display_name") or mid))
+    except csv.Error as e:
+        raise SourceError(path, f"line {reader.line_num}: not a CSV ({e})") from None
+    if not rows:
+        raise SourceError(path, f"no labels: the label CSV has a header row only ({expected}, then one row per label)")
+    rows.sort()
+    return [mid for _, mid, _ in rows], [name for _, _, name in rows]
 
 
 def _read_json(path: Path, label_csv) -> Source:
@@ -146,36 +198,51 @@ def _read_csv(path: Path, label_csv) -> Source:
     return Source(str(path), "csv", items, labels, names)
 
 
-def _audio_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and is_audio_file(p))
-
-
 def _read_folder(path: Path, labeled: bool | None) -> Source:
-    subdirs = sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
-    top_audio = [p for p in path.iterdir() if p.is_file() and is_audio_file(p)]
-    per_class = {d.name: _audio_files(d) for d in subdirs}
-    per_class = {k: v for k, v in per_class.items() if v}
+    top_audio, top_problems = scan_audio(path, recursive=False)
+    try:
+        subdirs = sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
+    except OSError as e:
+        raise SourceError(path, f"cannot list the folder ({(e.strerror or str(e)).lower()})") from None
+    scans = {d.name: scan_audio(d) for d in subdirs}
+    per_class = {k: files for k, (files, _) in scans.items() if files}
     if labeled is None:
         labeled = bool(per_class) and not top_audio
     if labeled:
         if not per_class:
-            raise SourceError(path, "no class subfolders with audio files")
+            raise SourceError(path, "no class subfolders with audio files" + _problems_note(
+                [q for _, probs in scans.values() for q in probs]))
         classes = sorted(per_class)
         items = [Item(str(p), (c,)) for c in classes for p in per_class[c]]
-        return Source(str(path), "folder-per-class", items, classes, list(classes))
-    items = [Item(str(p)) for p in _audio_files(path)]
-    if not items:
-        raise SourceError(path, "no audio files found (looked for " + ", ".join(e[1:] for e in ('.wav', '.flac', '.ogg', '.mp3')) + ", ...)")
-    return Source(str(path), "folder", items)
+        # A folder named like an audio file at the top is a class here, not a problem.
+        problems = [q for _, probs in scans.values() for q in probs]
+        problems += [q for q in top_problems if q[1] != "is a directory"]
+        return Source(str(path), "folder-per-class", items, classes, list(classes), problems=sorted(problems))
+    files, problems = scan_audio(path)
+    if not files:
+        looked = ", ".join(e[1:] for e in (".wav", ".flac", ".ogg", ".mp3"))
+        raise SourceError(path, f"no audio files found (looked for {looked}, ...)" + _problems_note(problems))
+    return Source(str(path), "folder", [Item(str(p)) for p in files], problems=problems)
+
+
+def _problems_note(problems: list[tuple[str, str]], limit: int = 5) -> str:
+    if not problems:
+        return ""
+    shown = "; ".join(f"{p}: {q}" for p, q in problems[:limit])
+    return f"; found but not usable: {shown}" + (f"; and {len(problems) - limit} more" if len(problems) > limit else "")
 
 
 def read_source(src: str | os.PathLike, label_csv: str | os.PathLike | None = None,
                 labeled: bool | None = None) -> Source:
     """Read a JSON datafile, a CSV or a folder (see the module docstring)."""
     path = Path(src)
-    if not path.exists():
-        raise SourceError(src, "no such file or folder")
-    if path.is_dir():
+    try:
+        is_dir = stat.S_ISDIR(os.stat(path).st_mode)
+    except FileNotFoundError:
+        raise SourceError(src, "no such file or folder") from None
+    except OSError as e:
+        raise SourceError(src, (e.strerror or str(e)).lower()) from None
+    if is_dir:
         return _read_folder(path, labeled)
     suffix = path.suffix.lower()
     if suffix == ".json":
@@ -185,17 +252,32 @@ def read_source(src: str | os.PathLike, label_csv: str | os.PathLike | None = No
     raise SourceError(src, "unknown data source: expected a .json datafile, a .csv or a folder")
 
 
+def _file_problem(path: str) -> str | None:
+    """Why ``path`` is not a file that can be opened, or None."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "broken symbolic link" if os.path.islink(path) else "missing file"
+    except PermissionError:
+        return "permission denied"
+    except OSError as e:
+        return (e.strerror or str(e)).lower()
+    if stat.S_ISDIR(st.st_mode):
+        return "is a directory"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    return None
+
+
 def validate(source: Source, check_audio: bool = True) -> Report:
     """Check every entry: the file exists, its labels are known, its header is readable."""
-    report = Report()
+    report = Report(bad=list(source.problems))
     known = source.label_index()
     for it in source.items:
-        problem = None
-        if not os.path.isfile(it.path):
-            problem = "missing file"
-        elif source.labeled and (unknown := [lab for lab in it.labels if lab not in known]):
+        problem = _file_problem(it.path)
+        if problem is None and source.labeled and (unknown := [lab for lab in it.labels if lab not in known]):
             problem = f"unknown label(s) {', '.join(unknown)}"
-        elif check_audio:
+        elif problem is None and check_audio:
             try:
                 sr, frames, _ = audio_info(it.path)
                 if frames == 0:

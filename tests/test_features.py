@@ -297,7 +297,7 @@ def test_stats_command(tmp_path, capsys):
 
     good = _write_dataset(tmp_path / "data")
     out = tmp_path / "stats.json"
-    rc = main(["stats", str(tmp_path / "data"), "--target-length", "80", "--json", str(out), "--quiet"])
+    rc = main(["stats", str(tmp_path / "data"), "--target-length", "80", "--json", str(out), "--no-progress"])
     captured = capsys.readouterr()
     assert rc == 0
     assert "broken.wav" in captured.err and "tiny.wav" in captured.err
@@ -315,10 +315,10 @@ def test_stats_command_limit_and_no_usable_clip(tmp_path, capsys):
     from ssast.cli import main
 
     _write_dataset(tmp_path / "data")
-    assert main(["stats", str(tmp_path / "data"), "--limit", "1", "--quiet"]) == 0
+    assert main(["stats", str(tmp_path / "data"), "--limit", "1", "--no-progress"]) == 0
     assert "clips: 1 used, 0 skipped" in capsys.readouterr().out
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "x.wav").write_bytes(b"not audio")
-    assert main(["stats", str(bad), "--quiet"]) == 2
+    assert main(["stats", str(bad), "--no-progress"]) == 2
     assert "no usable clip" in capsys.readouterr().err

@@ -1,6 +1,8 @@
 """Data-preparation recipes on small trees laid out like the real datasets, and safe extraction."""
+import copy
 import csv
 import io
+import os
 import json
 import stat
 import tarfile
@@ -16,7 +18,6 @@ import torchaudio.functional as AF
 from ssast.cli import main
 from ssast.prep import (ArchiveError, PrepError, prepare_audioset, prepare_esc50, prepare_fsd50k,
                         prepare_librispeech, prepare_speechcommands, safe_extract, write_mixture)
-from ssast.prep import extract as extract_mod
 from ssast.prep.common import download, resample_file, sox_available
 from ssast.prep.fsd50k import merge_split_zip
 from ssast.sources import read_source, validate
@@ -50,8 +51,16 @@ def _tar(path, members, mode="w:gz"):
     return path
 
 
-def _file(name, data=b"x"):
-    return tarfile.TarInfo(name), data
+def _file(name, data=b"x", mode=0o644):
+    info = tarfile.TarInfo(name)
+    info.mode = mode
+    return info, data
+
+
+def _dir(name, mode=0o755):
+    info = tarfile.TarInfo(name)
+    info.type, info.mode = tarfile.DIRTYPE, mode
+    return info, None
 
 
 def _link(name, target, kind=tarfile.SYMTYPE):
@@ -60,101 +69,189 @@ def _link(name, target, kind=tarfile.SYMTYPE):
     return info, None
 
 
+def _special(name, kind):
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    return info, None
+
+
+def _cve_2025_4517_members():
+    """The PATH_MAX-overflow chain of CPython CVE-2025-4517: 16 nested folders of 247-character
+    names, each reachable through a one-letter symlink, so that the short path "a/b/.../p" is
+    about 4000 characters once resolved; a link at its end goes 16 levels up, and one more
+    ``..`` through it leaves the target, where ``os.path.realpath`` has stopped resolving."""
+    comp, steps, path, members = "d" * 247, "abcdefghijklmnop", "", []
+    for s in steps:
+        members += [_dir(f"{path}{comp}"), _link(f"{path}{s}", comp)]
+        path += comp + "/"
+    deep_link = "/".join(steps) + "/" + "l" * 254
+    members += [_link(deep_link, "../" * len(steps)), _link("escape", deep_link + "/../"),
+                _file("escape/flag", b"written outside")]
+    return members
+
+
+def _sentinel(tmp_path):
+    """A folder holding the target folder and an 'outside' folder with one file; the state of
+    everything in it but the target, to check that an extraction wrote nothing beside it."""
+    root = tmp_path / "sentinel"
+    (root / "outside").mkdir(parents=True)
+    (root / "outside" / "secret.txt").write_bytes(b"secret")
+    dest = root / "dest"
+
+    def state():
+        out = {}
+        for dirpath, dirnames, filenames in os.walk(root):  # never follows symlinks
+            if Path(dirpath) == root:
+                dirnames.remove("dest") if "dest" in dirnames else None
+            for n in dirnames + filenames:
+                p = Path(dirpath) / n
+                out[str(p)] = p.read_bytes() if p.is_file() and not p.is_symlink() else os.lstat(p).st_mode
+        return out
+
+    return root, dest, state
+
+
+def _assert_refused(archive, dest, state, member, problem):
+    before = state()
+    with pytest.raises(ArchiveError) as e:
+        safe_extract(archive, dest)
+    assert e.value.member == member, e.value
+    assert problem in e.value.problem, e.value
+    assert str(archive) in str(e.value) and repr(member) in str(e.value)
+    assert state() == before  # nothing written, linked or changed beside the target folder
+    return e.value
+
+
 HOSTILE_TARS = {
-    "absolute": ([_file("ok.txt"), _file("/tmp/ssast_evil_abs.txt")], "/tmp/ssast_evil_abs.txt", "absolute"),
-    "dotdot": ([_file("ok.txt"), _file("sub/../../evil.txt")], "sub/../../evil.txt", "'..'"),
-    "symlink_absolute": ([_link("etc", "/etc")], "etc", "symlink to an absolute path"),
+    "absolute": ([_file("ok.txt"), _file("{sentinel}/outside/abs.txt")], "{sentinel}/outside/abs.txt", "absolute"),
+    "dotdot": ([_file("ok.txt"), _file("sub/../../outside/evil.txt")], "sub/../../outside/evil.txt", "'..'"),
+    "symlink_absolute": ([_link("etc", "{sentinel}/outside")], "etc", "symlink to an absolute path"),
     "symlink_outside": ([_link("up", "../outside")], "up", "symlink pointing outside"),
+    # Refused at the link: the file that would go through it never gets a chance.
+    "symlink_outside_then_file": ([_link("up", "../outside"), _file("up/evil.txt")], "up", "symlink pointing outside"),
     # Lexically "d/l2/.." is "d", but d/l2 is a link to the root, so its ".." is the parent.
     "symlink_chain": ([_link("d/l2", ".."), _link("l1", "d/l2/..")], "l1", "symlink pointing outside"),
-    "hardlink_outside": ([_link("h", "../outside.txt", tarfile.LNKTYPE)], "h", "hard link"),
-    "device": ([(tarfile.TarInfo("dev"), None)], "dev", "special file"),
+    # The same chain made in the other order: l1 looks harmless while d/l2 is not there yet.
+    "symlink_chain_link_first": ([_link("l1", "d/l2/.."), _link("d/l2", "..")], "l1", "extracted after it"),
+    # ... and a file written through l1 once d/l2 is there.
+    "symlink_chain_then_file": ([_link("l1", "d/l2/../outside"), _link("d/l2", ".."), _file("l1/evil.txt")],
+                                "l1/evil.txt", "outside the target folder"),
+    "hardlink_outside": ([_link("h", "../outside/secret.txt", tarfile.LNKTYPE)], "h", "hard link pointing outside"),
+    "hardlink_absolute": ([_link("h", "{sentinel}/outside/secret.txt", tarfile.LNKTYPE)], "h", "absolute"),
+    "hardlink_missing": ([_link("h", "nothing.txt", tarfile.LNKTYPE)], "h", "is not there"),
+    "path_max_overflow": (_cve_2025_4517_members(), "escape", "symlink pointing outside"),
+    "char_device": ([_special("dev", tarfile.CHRTYPE)], "dev", "special file"),
+    "block_device": ([_special("blk", tarfile.BLKTYPE)], "blk", "special file"),
+    "fifo": ([_special("fifo", tarfile.FIFOTYPE)], "fifo", "special file"),
 }
 
 
-@pytest.mark.parametrize("use_filter", [True, False], ids=["data-filter", "own-checks-only"])
 @pytest.mark.parametrize("case", sorted(HOSTILE_TARS))
-def test_hostile_tar_is_refused(tmp_path, monkeypatch, case, use_filter):
-    if not use_filter:
-        monkeypatch.setattr(extract_mod, "_HAS_TAR_FILTER", False)
+def test_hostile_tar_is_refused(tmp_path, case):
+    root, dest, state = _sentinel(tmp_path)
     members, bad_member, problem = HOSTILE_TARS[case]
-    if case == "device":
-        members[0][0].type = tarfile.CHRTYPE
+    fill = lambda s: s.replace("{sentinel}", str(root))  # noqa: E731
+    members = [(copy.copy(info), data) for info, data in members]
+    for info, _ in members:
+        info.name, info.linkname = fill(info.name), fill(info.linkname)
     archive = _tar(tmp_path / f"{case}.tar.gz", members)
-    dest = tmp_path / "a" / "dest"
-    with pytest.raises(ArchiveError) as e:
-        safe_extract(archive, dest)
-    assert e.value.member == bad_member and problem in e.value.problem
-    assert str(archive) in str(e.value) and bad_member in str(e.value)
-    # Nothing landed beside the target folder or at the absolute path.
-    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["dest"]
-    assert not Path("/tmp/ssast_evil_abs.txt").exists() and not (tmp_path / "evil.txt").exists()
+    _assert_refused(archive, dest, state, fill(bad_member), problem)
+    if case == "symlink_chain_link_first":  # the link found escaping at the end is removed
+        assert not os.path.lexists(dest / "l1") and os.path.islink(dest / "d" / "l2")
+    if case == "path_max_overflow":  # it got as far as the links before it: a real test of the chain
+        assert os.path.islink(dest / "a") and not os.path.lexists(dest / "escape")
 
 
-def test_tar_written_through_existing_symlink_is_refused(tmp_path):
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    dest = tmp_path / "dest"
+def test_tar_through_existing_symlink_is_refused(tmp_path):
+    root, dest, state = _sentinel(tmp_path)
     dest.mkdir()
-    (dest / "esc").symlink_to(outside)
-    archive = _tar(tmp_path / "a.tar", [_file("esc/x.txt")], mode="w")
-    with pytest.raises(ArchiveError, match="outside the target"):
-        safe_extract(archive, dest)
-    assert list(outside.iterdir()) == []
+    (dest / "esc").symlink_to(root / "outside")  # a link already in the target folder
+    (dest / "rel").symlink_to("../outside")
+    for name, members, problem in [
+            ("file", [_file("esc/x.txt")], "outside the target"),
+            ("rel", [_file("rel/x.txt")], "outside the target"),
+            ("hard", [_link("h", "esc/secret.txt", tarfile.LNKTYPE)], "hard link pointing outside"),
+            ("sym", [_link("s", "esc/secret.txt")], "symlink pointing outside")]:
+        bad = members[0][0].name
+        _assert_refused(_tar(tmp_path / f"{name}.tar", members, mode="w"), dest, state, bad, problem)
 
 
 def test_benign_tar_with_inside_links_extracts(tmp_path):
-    members = [_file("top/a.txt", b"hello"), _link("top/same", "a.txt"),
+    members = [_dir("./"), _dir("top", 0o555), _file("top/a.txt", b"hello"), _link("top/same", "a.txt"),
                _link("top/hard", "top/a.txt", tarfile.LNKTYPE), _link("dirlink", "top"),
-               _file("dirlink/b.txt", b"via link")]
-    for suffix, mode in ((".tar.gz", "w:gz"), (".tgz", "w:gz"), (".tar", "w"), (".tar.bz2", "w:bz2")):
+               _file("dirlink/b.txt", b"via link"), _link("top/up", "../top/./a.txt"),
+               _file("./bin/run", b"#!/bin/sh\n", 0o4755), _file("bin/private", b"p", 0o600),
+               _file("bin/shared", b"s", 0o666), _link("top/later", "../late/c.txt"), _file("late/c.txt", b"c"),
+               _file("x.txt", b"old"), _link("xh", "x.txt", tarfile.LNKTYPE), _file("xh", b"new")]
+    for suffix, mode in ((".tar.gz", "w:gz"), (".tgz", "w:gz"), (".tar", "w"), (".tar.bz2", "w:bz2"),
+                         (".tar.xz", "w:xz")):
         dest = tmp_path / f"out{suffix}"
         n = safe_extract(_tar(tmp_path / f"good{suffix}", members, mode), dest)
-        assert n == 5
+        assert n == len(members)
         assert (dest / "top" / "a.txt").read_bytes() == b"hello"
-        assert (dest / "top" / "same").read_bytes() == b"hello"
+        assert (dest / "top" / "same").read_bytes() == b"hello" and os.readlink(dest / "top" / "same") == "a.txt"
         assert (dest / "top" / "hard").read_bytes() == b"hello"
+        assert os.stat(dest / "top" / "hard").st_ino == os.stat(dest / "top" / "a.txt").st_ino
         assert (dest / "top" / "b.txt").read_bytes() == b"via link"
+        assert (dest / "top" / "up").read_bytes() == b"hello" and (dest / "top" / "later").read_bytes() == b"c"
+        # A later member of the hard link's name replaces the link, not the file it shared.
+        assert (dest / "x.txt").read_bytes() == b"old" and (dest / "xh").read_bytes() == b"new"
+        assert stat.S_IMODE(os.stat(dest / "bin" / "run").st_mode) == 0o755  # no setuid
+        assert stat.S_IMODE(os.stat(dest / "bin" / "private").st_mode) == 0o600
+        assert stat.S_IMODE(os.stat(dest / "bin" / "shared").st_mode) == 0o644  # no group/other write
+        assert stat.S_IMODE(os.stat(dest / "top").st_mode) == 0o755  # owner can write into it
 
 
 def _zip(path, members):
+    """members: (name, data, kind) with kind None for a plain entry, or Unix file type bits."""
     with zipfile.ZipFile(path, "w") as zf:
-        for name, data, is_link in members:
+        for name, data, kind in members:
             info = zipfile.ZipInfo(name)
-            if is_link:
-                info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            if kind is True:
+                kind = stat.S_IFLNK | 0o777
+            if kind:
+                info.create_system, info.external_attr = 3, kind << 16
             zf.writestr(info, data)
     return path
 
 
 @pytest.mark.parametrize("member,problem", [
-    ("../evil.txt", "'..'"), ("/tmp/ssast_evil_zip.txt", "absolute"), ("a\\..\\..\\evil.txt", "'..'"),
-    ("C:/evil.txt", "absolute")])
+    ("../outside/evil.txt", "'..'"), ("{sentinel}/outside/evil.txt", "absolute"),
+    ("a\\..\\..\\outside\\evil.txt", "'..'"), ("C:/evil.txt", "absolute"), ("sub/../../evil.txt", "'..'")])
 def test_hostile_zip_is_refused_before_anything_is_written(tmp_path, member, problem):
-    archive = _zip(tmp_path / "bad.zip", [("first.txt", b"1", False), (member, b"evil", False)])
-    dest = tmp_path / "dest"
-    with pytest.raises(ArchiveError) as e:
-        safe_extract(archive, dest)
-    assert e.value.member == member and problem in e.value.problem and "bad.zip" in str(e.value)
-    assert not (dest / "first.txt").exists()  # all members are checked first
-    assert not (tmp_path / "evil.txt").exists() and not Path("/tmp/ssast_evil_zip.txt").exists()
+    root, dest, state = _sentinel(tmp_path)
+    member = member.replace("{sentinel}", str(root))
+    archive = _zip(tmp_path / "bad.zip", [("first.txt", b"1", None), (member, b"evil", None)])
+    _assert_refused(archive, dest, state, member, problem)
+    assert not (dest / "first.txt").exists()  # all names are checked first
 
 
-def test_zip_symlinks(tmp_path):
-    with pytest.raises(ArchiveError, match="symlink pointing outside"):
-        safe_extract(_zip(tmp_path / "l.zip", [("l", b"../../x", True)]), tmp_path / "d1")
-    with pytest.raises(ArchiveError, match="symlink to an absolute path"):
-        safe_extract(_zip(tmp_path / "a.zip", [("l", b"/etc", True)]), tmp_path / "d2")
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    (tmp_path / "d3").mkdir()
-    (tmp_path / "d3" / "esc").symlink_to(outside)
-    with pytest.raises(ArchiveError, match="outside the target"):
-        safe_extract(_zip(tmp_path / "w.zip", [("esc/x.txt", b"x", False)]), tmp_path / "d3")
-    assert list(outside.iterdir()) == []
-    ok = _zip(tmp_path / "ok.zip", [("dir/a.txt", b"a", False), ("dir/in", b"a.txt", True)])
+@pytest.mark.parametrize("members,bad,problem", [
+    ([("l", b"../../x", True)], "l", "symlink pointing outside"),
+    ([("l", b"/etc", True)], "l", "symlink to an absolute path"),
+    ([("up", b"..", True), ("up/outside/evil.txt", b"evil", None)], "up", "symlink pointing outside"),
+    ([("l1", b"d/l2/..", True), ("d/l2", b"..", True)], "l1", "extracted after it"),
+    ([("dev", b"", stat.S_IFCHR | 0o644)], "dev", "special file"),
+    ([("fifo", b"", stat.S_IFIFO | 0o644)], "fifo", "special file"),
+], ids=["outside", "absolute", "then-file", "chain-link-first", "device", "fifo"])
+def test_hostile_zip_symlinks_and_specials(tmp_path, members, bad, problem):
+    root, dest, state = _sentinel(tmp_path)
+    _assert_refused(_zip(tmp_path / "l.zip", members), dest, state, bad, problem)
+
+
+def test_zip_through_existing_symlink_and_benign_zip(tmp_path):
+    root, dest, state = _sentinel(tmp_path)
+    dest.mkdir()
+    (dest / "esc").symlink_to(root / "outside")
+    _assert_refused(_zip(tmp_path / "w.zip", [("esc/x.txt", b"x", None)]), dest, state, "esc/x.txt",
+                    "outside the target")
+    ok = _zip(tmp_path / "ok.zip", [("dir/", b"", None), ("dir/a.txt", b"a", None), ("dir/in", b"a.txt", True),
+                                    ("run.sh", b"#!/bin/sh\n", stat.S_IFREG | 0o4755), ("dir/in2/b.txt", b"b", None)])
     n = safe_extract(ok, tmp_path / "d4")
-    assert n == 2 and (tmp_path / "d4" / "dir" / "a.txt").read_bytes() == b"a"
+    assert n == 5 and (tmp_path / "d4" / "dir" / "a.txt").read_bytes() == b"a"
+    assert os.readlink(tmp_path / "d4" / "dir" / "in") == "a.txt"  # a real symlink, inside
+    assert (tmp_path / "d4" / "dir" / "in2" / "b.txt").read_bytes() == b"b"
+    assert stat.S_IMODE(os.stat(tmp_path / "d4" / "run.sh").st_mode) == 0o755
 
 
 def test_not_an_archive(tmp_path):
@@ -163,6 +260,11 @@ def test_not_an_archive(tmp_path):
         safe_extract(tmp_path / "x.zip", tmp_path / "d")
     with pytest.raises(ArchiveError, match="no such archive"):
         safe_extract(tmp_path / "missing.tar.gz", tmp_path / "d")
+    good = _tar(tmp_path / "t.tar.gz", [_file("a.bin", np.random.default_rng(0).bytes(100000))])
+    (tmp_path / "cut.tar.gz").write_bytes(good.read_bytes()[:50000])  # a truncated download
+    with pytest.raises(ArchiveError) as e:
+        safe_extract(tmp_path / "cut.tar.gz", tmp_path / "d")
+    assert "cut.tar.gz" in str(e.value) and e.value.member == "a.bin"
 
 
 def test_cli_extract_reports_the_member(tmp_path, capsys):
@@ -170,7 +272,6 @@ def test_cli_extract_reports_the_member(tmp_path, capsys):
     assert main(["prep", "extract", str(archive), str(tmp_path / "d")]) == 2
     err = capsys.readouterr().err
     assert "bad.tar.gz" in err and "../evil.txt" in err
-
 
 # ---------------------------------------------------------------- downloads and resampling
 

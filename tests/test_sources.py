@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pytest
@@ -69,3 +70,93 @@ def test_validate_reports_each_problem(tmp_path):
     assert "unknown label(s) /m/9" in list(problems.values())[1]
     assert "unreadable audio" in list(problems.values())[2]
     assert "3 bad entries" in report.summary()
+
+
+# ----------------------------------------------------------------------------- label CSVs
+
+@pytest.mark.parametrize("content,match", [
+    ("index,mid,display_name\n0,/m/a,A\n1,/m/b,B\n2,/m/c,C\n3,/m/b,B again\n", r"line 5: mid '/m/b' repeats line 3"),
+    ("index,mid,display_name\n0,/m/a,A\n1,/m/b,B\n1,/m/c,C\n", "line 4: index 1 repeats line 3"),
+    ("index,mid,display_name\n0,/m/a,A\none,/m/b,B\n", "line 3: index 'one' is not an integer"),
+    ("index,mid,display_name\n0,/m/a,A\n1.5,/m/b,B\n", "line 3: index '1.5' is not an integer"),
+    ("index,mid,display_name\n0,/m/a,A\n,/m/b,B\n", "line 3: index '' is not an integer"),
+    ("index,mid,display_name\n0,/m/a,A\n1,,B\n", "line 3: empty mid"),
+    ("index,mid,display_name\n0,/m/a,A\n1\n", "line 3: empty mid"),
+    ("index,display_name\n0,A\n", "line 1: not a label CSV: no mid column"),
+    ("mid,display_name\n/m/a,A\n", "line 1: not a label CSV: no index column"),
+    ("", "no index or mid column"),
+    ("index,mid,display_name\n", "header row only"),
+])
+def test_label_csv_problems_name_file_and_line(tmp_path, content, match):
+    from ssast.sources import read_label_csv
+
+    path = tmp_path / "labels.csv"
+    path.write_text(content)
+    with pytest.raises(SourceError, match=match) as e:
+        read_label_csv(path)
+    assert str(e.value).startswith(f"{path}: ")
+
+
+def test_label_csv_not_utf8_and_good_forms(tmp_path):
+    from ssast.sources import read_label_csv
+
+    path = tmp_path / "labels.csv"
+    path.write_bytes(b"index,mid,display_name\n0,/m/a,Caf\xc3\xa9\n1,/m/b,Caf\xe9\n")  # line 3 is Latin-1
+    with pytest.raises(SourceError, match=r"line 3: not UTF-8 text \(byte 0xe9\)") as e:
+        read_label_csv(path)
+    assert str(path) in str(e.value)
+    # A byte-order mark, quoted names with commas, blank lines, any row order, a missing display name.
+    path.write_bytes("\ufeffindex,mid,display_name\r\n1,/m/b,\"Bird, song\"\r\n\r\n0,/m/a,Café\r\n2,/m/c\r\n"
+                     .encode("utf-8"))
+    assert read_label_csv(path) == (["/m/a", "/m/b", "/m/c"], ["Café", "Bird, song", "/m/c"])
+
+
+def test_duplicate_mid_is_refused_before_training(tmp_path):
+    """A repeated mid used to give one label two output indices and fail mid-run."""
+    _wav(tmp_path / "ok.wav")
+    (tmp_path / "d.json").write_text(json.dumps({"data": [{"wav": "ok.wav", "labels": "/m/1"}]}))
+    (tmp_path / "class_labels_indices.csv").write_text("index,mid,display_name\n0,/m/1,One\n1,/m/1,Again\n")
+    with pytest.raises(SourceError, match=r"class_labels_indices.csv: line 3: mid '/m/1' repeats line 2"):
+        read_source(tmp_path / "d.json")
+
+
+# ----------------------------------------------------------------------------- folder scans
+
+def test_folder_scan_problems_are_reported(tmp_path):
+    _wav(tmp_path / "dog" / "a.wav")
+    _wav(tmp_path / "cat" / "b.wav")
+    (tmp_path / "cat" / "gone.wav").symlink_to(tmp_path / "nowhere.wav")
+    (tmp_path / "cat" / "x.wav").mkdir()
+    src = read_source(tmp_path)
+    assert src.kind == "folder-per-class" and [it.path for it in src.items] == [
+        str(tmp_path / "cat" / "b.wav"), str(tmp_path / "dog" / "a.wav")]
+    report = validate(src)
+    assert len(report.good) == 2
+    assert report.bad == [(str(tmp_path / "cat" / "gone.wav"), "broken symbolic link"),
+                          (str(tmp_path / "cat" / "x.wav"), "is a directory")]
+    assert "2 bad entries" in report.summary() and "gone.wav: broken symbolic link" in report.summary()
+    unl = read_source(tmp_path, labeled=False)
+    assert validate(unl).bad == report.bad
+    only_bad = tmp_path / "only_bad"
+    only_bad.mkdir()
+    (only_bad / "gone.wav").symlink_to(tmp_path / "nowhere.wav")
+    with pytest.raises(SourceError, match="no audio files found.*gone.wav: broken symbolic link"):
+        read_source(only_bad)
+
+
+def test_unreadable_file_and_folder_say_permission_denied(tmp_path):
+    _wav(tmp_path / "data" / "ok.wav")
+    _wav(tmp_path / "data" / "locked.wav")
+    _wav(tmp_path / "data" / "shut" / "inner.wav")
+    locked, shut = tmp_path / "data" / "locked.wav", tmp_path / "data" / "shut"
+    locked.chmod(0)
+    shut.chmod(0)
+    try:
+        if os.access(locked, os.R_OK):
+            pytest.skip("chmod 000 does not stop this user from reading (root)")
+        report = validate(read_source(tmp_path / "data", labeled=False))
+    finally:
+        locked.chmod(0o644)
+        shut.chmod(0o755)
+    assert [it.path for it in report.good] == [str(tmp_path / "data" / "ok.wav")]
+    assert sorted(report.bad) == [(str(locked), "permission denied"), (str(shut), "permission denied")]
