@@ -36,7 +36,7 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from .audio import AudioError, is_audio_file
+from .audio import AudioError, scan_audio
 
 # Source samples of context on each side of a resampled block; the sinc kernel of torchaudio's
 # resampler (6 zero crossings, rolloff 0.99) spans at most a few dozen source samples.
@@ -52,8 +52,9 @@ def collect_inputs(paths: Iterable[str | os.PathLike] = (), *, recursive: bool =
     Folders are searched for audio files (recursively unless ``recursive=False``). The list
     file holds one path per line (a file or a folder); blank lines and lines starting with
     ``#`` are ignored; relative paths are taken from the list file's folder. Paths that do not
-    exist, and folders without audio, come back as (path, problem) pairs. Files are returned in
-    the order given, folders sorted, each file once.
+    exist, folders without audio, and what a folder holds that cannot be used (broken links,
+    folders named like audio files, unreadable folders: :func:`ssast.audio.scan_audio`) come back
+    as (path, problem) pairs. Files are returned in the order given, folders sorted, each file once.
     """
     entries = [str(p) for p in paths]
     problems: list[tuple[str, str]] = []
@@ -80,8 +81,9 @@ def collect_inputs(paths: Iterable[str | os.PathLike] = (), *, recursive: bool =
     for e in entries:
         p = Path(e)
         if p.is_dir():
-            found = sorted(q for q in (p.rglob("*") if recursive else p.iterdir()) if q.is_file() and is_audio_file(q))
-            if not found:
+            found, bad = scan_audio(p, recursive=recursive)
+            problems += bad
+            if not found and not bad:
                 problems.append((e, "folder holds no audio files" + ("" if recursive else " (not searched recursively)")))
             for q in found:
                 add(q)

@@ -201,17 +201,18 @@ def test_scan_audio_reports_what_it_cannot_use(tmp_path):
     assert scan_audio(tmp_path / "nope") == ([], [(str(tmp_path / "nope"), "no such file")])
 
 
-def test_scan_audio_is_a_drop_in_for_predict(tmp_path):
-    """Same files, same order as predict's own folder scan (Path order, not string order)."""
-    from ssast.audio import scan_audio
-    from ssast.predict import collect_inputs
+def test_folder_inputs_report_what_the_scan_cannot_use(tmp_path):
+    """Folders given to predict (and embed) report broken links and folders named like audio files,
+    as a missing explicit path is reported, instead of dropping them."""
+    from ssast.stream import collect_inputs
 
-    for rel in ("a/b.wav", "a-c.wav", "a/z/y.flac", "B.wav", "a.b/c.ogg", "a0.wav"):
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        sf.write(tmp_path / rel, _tone(16000, 0.05), 16000, format="OGG" if rel.endswith("ogg") else None)
-    for recursive in (True, False):
-        expected, _ = collect_inputs([tmp_path], recursive=recursive)
-        assert [str(p) for p in scan_audio(tmp_path, recursive)[0]] == expected
+    sf.write(tmp_path / "ok.wav", _tone(16000), 16000)
+    (tmp_path / "gone.wav").symlink_to(tmp_path / "nowhere.wav")
+    (tmp_path / "x.wav").mkdir()
+    files, problems = collect_inputs([tmp_path, tmp_path / "missing.wav"])
+    assert [p.rsplit("/", 1)[1] for p in files] == ["ok.wav"]
+    assert sorted((p.rsplit("/", 1)[1], why) for p, why in problems) == [
+        ("gone.wav", "broken symbolic link"), ("missing.wav", "no such file or folder"), ("x.wav", "is a directory")]
 
 
 def test_scan_audio_unreadable_folder(tmp_path):
