@@ -44,6 +44,6 @@ PY
   fi
   echo "ssast pretrain on $ngpu GPU(s): $GLOBAL_BATCH clips per step ($micro per GPU x $accum accumulation), $max_steps steps"
   exec "${PYTHON:-python}" -m torch.distributed.run --standalone --nproc_per_node "$ngpu" -m ssast.cli pretrain \
-    --data "$data" --valid "$valid" --out "$out" --resume \
+    --train "$data" --valid "$valid" --out "$out" --resume \
     --batch-size "$micro" --max-steps "$max_steps" --deepspeed-config "$ds" "$@"
 }

@@ -17,6 +17,6 @@ fi
 GLOBAL_BATCH=${GLOBAL_BATCH:-24}
 EPOCHS=${EPOCHS:-20}
 ssast_launch "$1" "$2" "$3" \
-  --model-size base --fshape 128 --tshape 2 --input-tdim 1024 --mask-patch 400 \
+  --model-size base --fshape 128 --tshape 2 --target-length 1024 --mask-patch 400 \
   --objective joint --mpg-weight 10 --lr 1e-4 --warmup-steps 1000 --lr-patience 2 \
   --valid-every 4000 --save-every 4000 "${@:4}"

@@ -17,6 +17,6 @@ fi
 GLOBAL_BATCH=${GLOBAL_BATCH:-120}
 EPOCHS=${EPOCHS:-20}
 ssast_launch "$1" "$2" "$3" \
-  --model-size tiny --fshape 16 --tshape 16 --input-tdim 1024 --mask-patch 400 \
+  --model-size tiny --fshape 16 --tshape 16 --target-length 1024 --mask-patch 400 \
   --objective joint --mpg-weight 10 --lr 5e-4 --warmup-steps 1000 --lr-patience 2 \
   --valid-every 800 --save-every 800 "${@:4}"

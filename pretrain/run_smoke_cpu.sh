@@ -31,8 +31,8 @@ if [ ! -f "$DATA/shards/manifest.json" ]; then
 fi
 # Speech Commands' normalization statistics (the official fine-tuning recipe's).
 exec "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node 2 -m ssast.cli pretrain \
-  --data "$DATA/shards" --valid "$DATA/speechcommand_valid_data.json" --out "$OUT" --resume \
-  --model-size tiny --fshape 16 --tshape 16 --input-tdim 100 --mask-patch 36 \
+  --train "$DATA/shards" --valid "$DATA/speechcommand_valid_data.json" --out "$OUT" --resume \
+  --model-size tiny --fshape 16 --tshape 16 --target-length 100 --mask-patch 36 \
   --mean -6.845978 --std 5.5654526 \
   --batch-size 8 --max-steps 120 --warmup-steps 20 --lr 5e-4 \
   --valid-every 40 --save-every 40 --keep-last 2 --log-every 10 --num-workers 1 \

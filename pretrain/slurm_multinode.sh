@@ -46,8 +46,8 @@ EPOCHS=${EPOCHS:-10}
 MAX_STEPS=${MAX_STEPS:-$((EPOCHS * CLIPS / GLOBAL_BATCH))}
 MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 MASTER_PORT=${MASTER_PORT:-29500}
-ARGS=(pretrain --data "$DATA" --valid "$VALID" --out "$OUT" --resume
-      --model-size base --fshape 16 --tshape 16 --input-tdim 1024 --mask-patch 400
+ARGS=(pretrain --train "$DATA" --valid "$VALID" --out "$OUT" --resume
+      --model-size base --fshape 16 --tshape 16 --target-length 1024 --mask-patch 400
       --objective joint --mpg-weight 10 --lr 1e-4 --warmup-steps 1000 --lr-patience 2
       --valid-every 4000 --save-every 4000 --batch-size $((GLOBAL_BATCH / WORLD)) --max-steps "$MAX_STEPS"
       --deepspeed-config "${DS_CONFIG:-$HERE/ds_config_zero2_bf16.json}" "$@")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from . import seeds
 from .audio import DEFAULT_SAMPLE_RATE, AudioError, load_audio
 from .sources import Source, SourceError, read_source
 from .sources import validate as validate_source
@@ -157,11 +158,6 @@ class SkipCounter:
         parts = [f"{n} {reason}" for reason, n in counts.items() if n]
         return f"{sum(counts.values())} skipped" + (f" ({', '.join(parts)})" if parts else "")
 
-    def report(self) -> None:
-        """Log the totals (call at the end of an epoch or run)."""
-        if self.total:
-            log.warning("%s: %s", self.name, self.describe())
-
 
 class AudioDataset(torch.utils.data.Dataset):
     """Fixed-length waveforms (and multi-hot targets) from a datafile, CSV or folder.
@@ -233,9 +229,7 @@ class AudioDataset(torch.utils.data.Dataset):
     def _generator(self, index: int) -> torch.Generator | None:
         if self.seed is None:
             return None
-        g = torch.Generator()
-        g.manual_seed(hash((self.seed, self.epoch, index)) & 0x7FFF_FFFF_FFFF_FFFF)
-        return g
+        return seeds.generator(self.seed, "crop", self.epoch, index)
 
     def _load(self, index: int) -> dict:
         item = self.items[index]

@@ -28,7 +28,7 @@ esac
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/../_launch.sh"
 ssast_finetune --train "$TRAIN" --valid "$EVAL" --out "$OUT" --init "$INIT" --resume \
-  --features-preset audioset --fshape 16 --tshape 16 --fstride 10 --tstride 10 --task ft_avgtok \
+  --preset audioset --fshape 16 --tshape 16 --fstride 10 --tstride 10 --task ft_avgtok \
   --freqm 48 --timem 192 --mixup 0.5 --no-noise \
   --batch-size "$(per_process 12)" --head-lr 1 --no-warmup \
   --lr-scheduler step --lr-scheduler-start 10 --lr-scheduler-step 5 --lr-decay 0.5 \

@@ -28,7 +28,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 for k in 1 2 3 4 5; do
   ssast_finetune --train "$DATA/esc_train_data_$k.json" --valid "$DATA/esc_eval_data_$k.json" \
     --label-csv "$DATA/class_labels_indices.csv" --out "$OUT/fold$k" --init "$INIT" --resume \
-    --features-preset esc50 --fshape 16 --tshape 16 --fstride 10 --tstride 10 --task ft_avgtok \
+    --preset esc50 --fshape 16 --tshape 16 --fstride 10 --tstride 10 --task ft_avgtok \
     --freqm 24 --timem 96 --mixup 0 --noise \
     --epochs 50 --batch-size "$(per_process 48)" --lr 1e-4 --head-lr 10 --no-warmup \
     --lr-scheduler step --lr-scheduler-start 5 --lr-scheduler-step 1 --lr-decay 0.85 \

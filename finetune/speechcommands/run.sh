@@ -24,7 +24,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 ssast_finetune --train "$DATA/speechcommand_train_data.json" --valid "$DATA/speechcommand_valid_data.json" \
   --test "$DATA/speechcommand_eval_data.json" --label-csv "$DATA/class_labels_indices.csv" \
   --out "$OUT" --init "$INIT" --resume \
-  --features-preset speechcommands --fshape 128 --tshape 2 --fstride 128 --tstride 1 --task ft_avgtok \
+  --preset speechcommands --fshape 128 --tshape 2 --fstride 128 --tstride 1 --task ft_avgtok \
   --freqm 48 --timem 48 --mixup 0.6 --noise \
   --epochs 30 --batch-size "$(per_process 128)" --lr 2.5e-4 --head-lr 1 --warmup --warmup-steps 1000 \
   --lr-scheduler step --lr-scheduler-start 5 --lr-scheduler-step 1 --lr-decay 0.85 \

@@ -17,6 +17,11 @@ from dataclasses import replace
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..audio import AudioError, load_audio
+from ..device import default_device
+from ..features import FeatureConfig, StatsAccumulator, fbank, frame_geometry, num_frames, pad_or_crop
+from ..sources import read_source, validate
+
 
 class _Clips(Dataset):
     """Clip i -> (path, waveform or None, problem or None); a bad file is reported, not raised.
@@ -31,8 +36,6 @@ class _Clips(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i):
-        from ..audio import AudioError, load_audio
-
         path = self.paths[i]
         try:
             return path, load_audio(path, self.sample_rate, max_samples=self.max_samples), None
@@ -48,8 +51,6 @@ def _as_list(batch):
 
 def samples_for_frames(config) -> int:
     """Samples at ``config.sample_rate`` that give ``config.target_length`` fbank frames."""
-    from ..features import frame_geometry
-
     size, shift, _ = frame_geometry(config.sample_rate, config.frame_length_ms, config.frame_shift_ms)
     return size + (config.target_length - 1) * shift
 
@@ -58,8 +59,6 @@ def add_batch(acc, waves: list[torch.Tensor], config, include_padding: bool = Fa
     """Add the fbank values of some 1-D clips to ``acc``, each cropped to the target length, as
     :func:`ssast.features.update_stats` does, leaving out every clip whose features are not all
     finite. Returns the positions of the clips left out."""
-    from ..features import fbank, num_frames, pad_or_crop
-
     c = config
     lens = torch.tensor([w.shape[-1] for w in waves])  # (B,)
     batch = torch.nn.utils.rnn.pad_sequence([w.reshape(-1) for w in waves], batch_first=True)  # (B, S)
@@ -84,9 +83,6 @@ def add_batch(acc, waves: list[torch.Tensor], config, include_padding: bool = Fa
 def run(args) -> int:
     from tqdm import tqdm
 
-    from ..features import FeatureConfig, StatsAccumulator
-    from ..sources import read_source, validate
-
     source = read_source(args.src, label_csv=args.label_csv)
     if args.limit is not None:
         source.items = source.items[: args.limit]
@@ -95,7 +91,7 @@ def run(args) -> int:
     skipped = list(report.bad)
     config = FeatureConfig(sample_rate=args.sample_rate, num_mel_bins=args.num_mel_bins,
                            target_length=args.target_length)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = default_device(args.device)
 
     clips = _Clips([it.path for it in report.good], config.sample_rate, samples_for_frames(config))
     loader = DataLoader(clips, batch_size=args.batch_size, num_workers=args.num_workers, collate_fn=_as_list)

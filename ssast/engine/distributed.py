@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..device import default_device
+
 LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -41,7 +43,7 @@ def setup(device: str | None = None) -> Dist:
 
     ``device``: ``cuda`` or ``cpu``; by default a GPU when one is visible.
     """
-    kind = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    kind = default_device(device).type
     if kind not in ("cuda", "cpu"):
         raise ValueError(f"device must be 'cuda' or 'cpu', got {kind!r}")
     if kind == "cpu":

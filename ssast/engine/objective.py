@@ -17,11 +17,12 @@ with two masks. A fine-tuning objective plugs into the same loop.
 """
 from __future__ import annotations
 
-import hashlib
 from typing import Protocol
 
 import torch
 
+from .. import seeds
+from ..masking import cluster_mask, uniform_mask
 from .distributed import all_reduce_sum
 
 OBJECTIVES = ("joint", "mpc", "mpg")
@@ -40,12 +41,6 @@ class Objective(Protocol):
                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
     def evaluator(self) -> Evaluator: ...
     def to_dict(self) -> dict: ...
-
-
-def clip_seed(seed: int, key: str) -> int:
-    """A 63-bit seed from a run seed and a clip's name, the same on every machine."""
-    digest = hashlib.sha256(f"{seed}/{key}".encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
 class MaskedPatchObjective:
@@ -103,11 +98,9 @@ class MaskedPatchObjective:
 
         A clip gets the same mask at every validation, whatever the batch or rank it lands in.
         """
-        from ..masking import cluster_mask, uniform_mask
-
         rows = []
         for key in batch["path"]:
-            g = torch.Generator().manual_seed(clip_seed(self.seed, str(key)))
+            g = seeds.generator(self.seed, "valid-mask", str(key))
             if self.cluster:
                 rows.append(cluster_mask(1, self.config.grid, self.mask_patch, generator=g))
             else:

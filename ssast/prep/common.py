@@ -15,6 +15,7 @@ from typing import Callable, Iterable, Sequence
 import soundfile as sf
 
 from ..audio import DEFAULT_SAMPLE_RATE, AudioError, load_audio
+from .extract import safe_extract
 
 LABEL_CSV = "class_labels_indices.csv"
 
@@ -80,8 +81,6 @@ def download(url: str, dest: str | os.PathLike, progress: bool = True,
 def extract(archive: str | os.PathLike, dest: str | os.PathLike, name: str | None = None) -> None:
     """Extract ``archive`` into ``dest`` safely, with markers named after the archive (or
     ``name``): ``.NAME.extracting`` while it runs, ``.NAME.extracted`` once it has finished."""
-    from .extract import safe_extract
-
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     name = name or Path(archive).name

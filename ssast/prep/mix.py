@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from ..audio import AudioError, audio_info
+from ..shards import expand_shards
 from ..sources import SourceError, read_source
 from .common import PrepError
 
@@ -76,9 +77,7 @@ def _scan_tar(path: str) -> tuple[int, float | None]:
 
 
 def _measure_shards(spec: str, by: str) -> float:
-    from ..shards import expand_shards  # the reader's own expansion: brace patterns, '::', folders
-
-    try:
+    try:  # the reader's own expansion: brace patterns, '::', folders
         urls = expand_shards(spec, check=True)
     except SourceError as e:
         raise PrepError(str(e)) from None
