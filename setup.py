@@ -8,7 +8,7 @@ INSTALL_REQUIRES = [
     "torch==2.11.0",
     "torchaudio==2.11.0",
     "torchvision==0.26.0",
-    "timm==1.0.31",
+    "timm>=0.9.2,<2",  # the public timm.layers API (tested with 0.9.2 and 1.0.31)
     "numpy>=1.24",
     "soundfile>=0.12",
     "tqdm>=4.60",

@@ -107,6 +107,11 @@ def _peak(wave: torch.Tensor) -> float:
     return torch.maximum(-lo, hi).item()
 
 
+def check_samples(wave: torch.Tensor, sample_rate: int, name=None) -> None:
+    """AudioError naming ``name`` when ``wave`` holds NaN, infinite or (for the fbank) too large samples."""
+    _check_peak(_peak(wave), sample_rate, name)
+
+
 def _check_peak(peak: float, sample_rate: int, name) -> None:
     if not math.isfinite(peak):
         raise AudioError(name, "audio contains NaN or infinite samples")

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -57,7 +56,7 @@ from tqdm import tqdm
 from .audio import is_audio_file
 from .device import default_device
 from .features import FeatureExtractor, frame_geometry, num_frames
-from .files import atomic_write
+from .files import atomic_write, json_text
 from .loading import Loaded, load
 from .sources import Item, read_source
 from .stream import FileEnd, FileFailed, FileStart, Rows, run_windows
@@ -290,7 +289,7 @@ def embed(model: Loaded | str | os.PathLike, src, out_dir: str | os.PathLike, *,
         "window_samples": win, "hop_samples": hp, "frame_step": step_samples / sr, "embed_dim": cfg.embed_dim,
         "grid": list(cfg.grid), "model": cfg.to_dict(), "features": f.to_dict(), "device": str(emb.device),
     }
-    atomic_write(out_dir / "settings.json", json.dumps(settings, indent=2) + "\n")
+    atomic_write(out_dir / "settings.json", json_text(settings, indent=2))
     return {"files": written, "skipped": skipped, "settings": settings}
 
 

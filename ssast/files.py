@@ -9,6 +9,8 @@ file the user writes.
 """
 from __future__ import annotations
 
+import json
+import math
 import os
 import tempfile
 import threading
@@ -64,6 +66,22 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[BinaryIO
     if durable:
         fsync_dir(path.parent)
     return path
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def json_text(obj: Any, indent: int | None = 1) -> str:
+    """Strict JSON of ``obj``: a value that is not a finite number (an undefined metric) is ``null``,
+    never the ``NaN`` of Python's json module, which JSON readers refuse."""
+    return json.dumps(_finite(obj), indent=indent, ensure_ascii=False, allow_nan=False) + "\n"
 
 
 def atomic_save(obj: Any, path: str | os.PathLike, *, durable: bool = False) -> Path:

@@ -250,7 +250,7 @@ class ASTModel(nn.Module):
                     f"task {task!r} needs a fine-tuning model with a classification head; this model is at "
                     "the pretraining stage (build it with pretrain_stage=False)"
                 )
-            if task == "ft_cls" and getattr(self.v.blocks[-1].attn, "gate", None) is None:
+            if task == "ft_cls":
                 # the cls head reads the prefix tokens only: skip the rest of the last block
                 spec = self.spectrogram(x)
                 self._check_grid(spec)

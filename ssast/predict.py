@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import json
 import os
 import re
 import sys
@@ -34,9 +33,19 @@ from tqdm import tqdm
 from .audio import AudioError
 from .device import default_device
 from .features import FeatureExtractor, frame_geometry, num_frames
+from .files import atomic_write, json_text
 from .loading import Loaded, load
 from .metrics import probabilities
-from .stream import FileEnd, FileFailed, FileStart, Recording, Rows, collect_inputs, run_windows, window_spans
+from .stream import (
+    FileEnd,
+    FileFailed,
+    FileStart,
+    Recording,
+    Rows,
+    collect_inputs,
+    run_windows,
+    window_spans,
+)
 
 ACTIVATIONS = ("auto", "sigmoid", "softmax")
 FORMATS = ("csv", "json", "raven")
@@ -418,11 +427,7 @@ def infer_format(out: str | os.PathLike) -> str:
 
 def write_json(run: PredictionRun, path: str | os.PathLike) -> None:
     """Everything: settings, labels, per file its summary, detections and windows; errors."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    with open(p, "w", encoding="utf-8") as f:
-        json.dump(run.to_dict(), f, indent=1, ensure_ascii=False)
-        f.write("\n")
+    atomic_write(path, json_text(run.to_dict()))
 
 
 def _sibling(path: Path, what: str) -> Path:

@@ -36,7 +36,7 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from .audio import AudioError, scan_audio
+from .audio import AudioError, check_samples, scan_audio
 
 # Source samples of context on each side of a resampled block; the sinc kernel of torchaudio's
 # resampler (6 zero crossings, rolloff 0.99) spans at most a few dozen source samples.
@@ -250,9 +250,10 @@ class Recording:
             if not len(data):
                 break
             mono = torch.from_numpy(data.mean(axis=1) if data.shape[1] > 1 else data[:, 0].copy())  # downmix
-            if not torch.isfinite(mono).all():
-                raise AudioError(self.path, "audio contains NaN or infinite samples "
-                                            f"after {self.samples_read / self.source_rate:.2f} s")
+            try:
+                check_samples(mono, self.sample_rate)
+            except AudioError as e:
+                raise AudioError(self.path, f"{e.problem}, after {self.samples_read / self.source_rate:.2f} s") from None
             self.samples_read += len(mono)
             out = rs.push(mono) if rs else mono
             if out.numel():

@@ -11,9 +11,9 @@ import torch
 from ssast import ASTModel, ModelConfig, save_checkpoint, save_released
 from ssast.audio import load_audio
 from ssast.cli import main
-from ssast.loading import from_model, load
 from ssast.embed import OUTPUT_KEYS, embed, output_names
 from ssast.features import FeatureConfig, fbank_reference, pad_or_crop
+from ssast.loading import from_model, load
 
 SR = 16000
 FEATURES = FeatureConfig(num_mel_bins=16, target_length=64, mean=-5.0, std=3.0)

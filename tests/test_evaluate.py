@@ -9,10 +9,10 @@ import torch
 
 from ssast import ASTModel, ModelConfig, save_checkpoint
 from ssast.audio import load_audio
-from ssast.loading import from_model
 from ssast.cli import main
 from ssast.evaluate import evaluate
 from ssast.features import FeatureConfig, fbank_reference, pad_or_crop
+from ssast.loading import from_model
 from ssast.metrics import compute_metrics
 
 SR = 16000

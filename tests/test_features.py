@@ -13,8 +13,15 @@ import torchaudio.functional as AF
 
 from ssast.audio import load_audio
 from ssast.checkpoint import read_checkpoint, save_checkpoint
-from ssast.features import (FeatureConfig, FeatureExtractor, compute_stats, fbank, fbank_reference,
-                            num_frames, pad_or_crop)
+from ssast.features import (
+    FeatureConfig,
+    FeatureExtractor,
+    compute_stats,
+    fbank,
+    fbank_reference,
+    num_frames,
+    pad_or_crop,
+)
 
 TOL = 1e-4  # absolute, on log-mel values
 

@@ -50,6 +50,7 @@ def test_stats_checks_each_clips_features(tmp_path, capsys, monkeypatch):
     """Features that are not finite for another reason are caught per clip in the batch: the
     other clips of that batch still count, and nothing usable left is an error, not 'mean: nan'."""
     import ssast.audio
+    import ssast.commands.stats
 
     data = tmp_path / "data"
     data.mkdir()
@@ -60,7 +61,7 @@ def test_stats_checks_each_clips_features(tmp_path, capsys, monkeypatch):
         wave = real_load(path, *args, **kwargs)
         return wave * 1e30 if str(path).endswith("1.wav") else wave
 
-    monkeypatch.setattr(ssast.audio, "load_audio", load)
+    monkeypatch.setattr(ssast.commands.stats, "load_audio", load)
     rc, result = _stats(tmp_path, data, "--target-length", "40", "--batch-size", "3")
     assert rc == 0 and result["clips"] == 2
     assert result["skipped"] == [{"path": str(data / "1.wav"), "problem": "fbank features are not finite (inf or NaN)"}]
@@ -127,3 +128,39 @@ def test_dataset_skips_and_counts_a_clip_of_huge_samples(tmp_path, caplog):
     assert ds.skipped.counts()["audio"] == 1
     assert "b.wav" in caplog.text and "features would not be finite" in caplog.text
     assert all(torch.isfinite(pad_or_crop(fbank_reference(it["wave"], 16000), 10)).all() for it in items)
+
+
+def test_a_clip_of_huge_samples_through_predict_embed_and_evaluate(tmp_path, capsys):
+    """Named and skipped by every command that reads audio; the JSON it writes stays valid JSON."""
+    import json
+
+    from ssast import ASTModel, ModelConfig, save_checkpoint
+    from ssast.cli import main
+    from ssast.features import FeatureConfig
+
+    cfg = ModelConfig(embed_dim=16, depth=1, num_heads=1, fshape=4, tshape=4, fstride=4, tstride=4, input_fdim=16,
+                      input_tdim=32, label_dim=2, model_size="custom", stage="finetune")
+    ckpt = tmp_path / "m.pt"
+    save_checkpoint(ASTModel(config=cfg), ckpt, labels=["a", "b"], features=FeatureConfig(num_mel_bins=16, target_length=32).to_dict())
+    data = tmp_path / "data"
+    for label in ("a", "b"):
+        (data / label).mkdir(parents=True)
+        _noise(data / label / "ok.wav", 0.5, seed=ord(label))
+    sf.write(data / "a" / "loud.wav", np.full(8000, 1e30, dtype=np.float32), 16000, subtype="FLOAT")
+
+    out = tmp_path / "p.json"
+    assert main(["predict", str(ckpt), str(data), "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
+    result = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"invalid JSON constant {c}"))
+    assert [e["path"].rsplit("/", 1)[1] for e in result["errors"]] == ["loud.wav"]
+    assert "features would not be finite" in result["errors"][0]["error"] and len(result["files"]) == 2
+
+    assert main(["embed", str(ckpt), str(data), "--out", str(tmp_path / "e"), "--no-progress", "--device", "cpu"]) == 0
+    assert "loud.wav" in (tmp_path / "e" / "skipped.csv").read_text()
+    assert not (tmp_path / "e" / "a" / "loud.npz").exists() and (tmp_path / "e" / "a" / "ok.npz").exists()
+
+    capsys.readouterr()
+    res = tmp_path / "r.json"
+    assert main(["evaluate", str(ckpt), "--data", str(data), "--json", str(res), "--no-progress", "--device", "cpu"]) == 0
+    assert "loud.wav" in capsys.readouterr().err
+    report = json.loads(res.read_text(), parse_constant=lambda c: pytest.fail(f"invalid JSON constant {c}"))
+    assert report["num_clips"] == 2 and [s["path"].rsplit("/", 1)[1] for s in report["skipped"]] == ["loud.wav"]

@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from ssast.metrics import (METRIC_KEYS, average_precision, compute_metrics, cumulative_ensemble, d_prime,
-                           decisions, roc_auc)
+from ssast.metrics import (
+    METRIC_KEYS,
+    average_precision,
+    compute_metrics,
+    cumulative_ensemble,
+    d_prime,
+    decisions,
+    roc_auc,
+)
 
 skm = pytest.importorskip("sklearn.metrics")
 norm = pytest.importorskip("scipy.stats").norm

@@ -16,8 +16,14 @@ from ssast.predict import Detection, FileResult, Predictor, predict
 
 pytest.importorskip("matplotlib")
 
-from ssast.plots import (PADDING_LABEL, file_spectrogram, mask_figure, plot_mask_visualization,  # noqa: E402
-                         plot_timeline, timeline_figure)
+from ssast.plots import (  # noqa: E402
+    PADDING_LABEL,
+    file_spectrogram,
+    mask_figure,
+    plot_mask_visualization,
+    plot_timeline,
+    timeline_figure,
+)
 
 SR = 16000
 FEATURES = FeatureConfig(num_mel_bins=16, target_length=64)

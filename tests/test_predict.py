@@ -15,10 +15,28 @@ from ssast import ASTModel, ModelConfig, save_checkpoint
 from ssast.audio import load_audio
 from ssast.cli import main
 from ssast.features import FeatureConfig, fbank_reference
-from ssast.predict import (RAVEN_COLUMNS, Detection, FileResult, PredictionRun, Predictor, detect, merge_detections,
-                           predict, raven_table_names, resolve_activation, write, write_raven)
-from ssast.stream import (Recording, collect_inputs, cut_windows, parse_audiomoth_comment, read_metadata,
-                          window_spans)
+from ssast.predict import (
+    RAVEN_COLUMNS,
+    Detection,
+    FileResult,
+    PredictionRun,
+    Predictor,
+    detect,
+    merge_detections,
+    predict,
+    raven_table_names,
+    resolve_activation,
+    write,
+    write_raven,
+)
+from ssast.stream import (
+    Recording,
+    collect_inputs,
+    cut_windows,
+    parse_audiomoth_comment,
+    read_metadata,
+    window_spans,
+)
 
 SR = 16000
 LABELS = ["frog", "bird", "rain"]

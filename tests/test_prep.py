@@ -2,8 +2,8 @@
 import copy
 import csv
 import io
-import os
 import json
+import os
 import stat
 import tarfile
 import zipfile
@@ -16,8 +16,17 @@ import torch
 import torchaudio.functional as AF
 
 from ssast.cli import main
-from ssast.prep import (ArchiveError, PrepError, prepare_audioset, prepare_esc50, prepare_fsd50k,
-                        prepare_librispeech, prepare_speechcommands, safe_extract, write_mixture)
+from ssast.prep import (
+    ArchiveError,
+    PrepError,
+    prepare_audioset,
+    prepare_esc50,
+    prepare_fsd50k,
+    prepare_librispeech,
+    prepare_speechcommands,
+    safe_extract,
+    write_mixture,
+)
 from ssast.prep.common import download, resample_file, sox_available
 from ssast.prep.fsd50k import merge_split_zip
 from ssast.sources import read_source, validate

@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
 from conftest import tiny_config
+
 from ssast import ASTModel, load, read_checkpoint
+from ssast.engine.checkpointing import MARKER, complete_tags, export_source, tag_name
 from ssast.engine.config import load_deepspeed_config
 from ssast.engine.objective import MaskedPatchObjective
 from ssast.engine.schedule import Plateau, PlateauSchedule, learning_rate
-from ssast.engine.checkpointing import MARKER, complete_tags, export_source, tag_name
 
 needs_deepspeed = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="DeepSpeed is not installed")
 

@@ -4,10 +4,9 @@ import shutil
 import pytest
 import timm
 import torch
-
 from conftest import load_pt
-from ssast import ASTModel, CheckpointError
-from ssast import pretrained
+
+from ssast import ASTModel, CheckpointError, download, pretrained
 
 
 @pytest.fixture
@@ -65,9 +64,9 @@ def test_audioset_init_from_local_file(weights_dir, fixtures):
 
 def test_download_from_url(tmp_path, fixtures):
     src = fixtures / "ast_tiny224_f10_t10_t100_label35.pth"
-    dest = pretrained.download(src.as_uri(), tmp_path / "cache" / "file.pth", progress=False)
+    dest = download.download(src.as_uri(), tmp_path / "cache" / "file.pth", progress=False)
     assert dest.read_bytes() == src.read_bytes()
-    assert pretrained.download("file:///nonexistent/never", dest) == dest  # present: no download
+    assert download.download("file:///nonexistent/never", dest) == dest  # present: no download
 
 
 def test_download_refuses_a_file_that_is_no_checkpoint(tmp_path):
@@ -75,14 +74,14 @@ def test_download_refuses_a_file_that_is_no_checkpoint(tmp_path):
     src.write_bytes(b"weights" * 100)
     dest = tmp_path / "cache" / "file.pth"
     with pytest.raises(CheckpointError, match="file.pth: the downloaded file was refused and removed"):
-        pretrained.download(src.as_uri(), dest, progress=False)
+        download.download(src.as_uri(), dest, progress=False)
     assert not dest.exists() and not dest.with_name("file.pth.part").exists()
 
 
 def test_download_failure_is_explained(tmp_path):
     dest = tmp_path / "cache" / pretrained.AUDIOSET_FILE
     with pytest.raises(FileNotFoundError) as e:
-        pretrained.download((tmp_path / "missing.pth").as_uri(), dest, progress=False)
+        download.download((tmp_path / "missing.pth").as_uri(), dest, progress=False)
     msg = str(e.value)
     assert str(dest) in msg and "missing.pth" in msg and "SSAST_PRETRAINED_DIR" in msg and "SSAST_MIRROR" in msg
     assert sorted(p.name for p in dest.parent.iterdir()) == [f".{dest.name}.lock"]  # no partial file left
@@ -96,5 +95,5 @@ def test_audioset_init_downloads_through_the_registry(weights_dir, fixtures, mon
     shutil.copy(fixtures / "ast_tiny224_f10_t10_t100_label35.pth", mirror / pretrained.AUDIOSET_FILE)
     monkeypatch.setenv("SSAST_MIRROR", mirror.as_uri())
     with pytest.raises(CheckpointError, match="does not match the release audioset_10_10_0.4593: width 192"):
-        pretrained.audioset_checkpoint()
+        pretrained.audioset_file()
     assert not (weights_dir / pretrained.AUDIOSET_FILE).exists()

@@ -8,15 +8,23 @@ from collections import Counter
 
 import pytest
 import torch
+from test_datasets import write_label_csv, write_wav
 
 from ssast.audio import encode_flac, load_audio
 from ssast.cli import main as cli_main
 from ssast.datasets import SkipCounter
-from ssast.shards import (add_targets, crop_samples, decode_samples, expand_shards, mix_sources,
-                          read_mixture, shard_pipeline, shuffle_samples, write_shards)
+from ssast.shards import (
+    add_targets,
+    crop_samples,
+    decode_samples,
+    expand_shards,
+    mix_sources,
+    read_mixture,
+    shard_pipeline,
+    shuffle_samples,
+    write_shards,
+)
 from ssast.sources import SourceError
-
-from test_datasets import write_label_csv, write_wav
 
 LSB = 1 / 32768  # one step of 16-bit audio
 

@@ -6,12 +6,11 @@ See :mod:`ssast.evaluate` for how clips are read, labels matched and ensembles f
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from .. import options
 from ..evaluate import TASKS, evaluate, format_results, to_json
-from ..files import atomic_write
+from ..files import atomic_write, json_text
 from ..loading import load
 
 
@@ -26,7 +25,7 @@ def run(args) -> int:
         print(f"skipped {s['path']}: {s['error']}", file=sys.stderr)
     print(format_results(result))
     if args.json:
-        atomic_write(args.json, json.dumps(to_json(result), indent=2) + "\n")
+        atomic_write(args.json, json_text(to_json(result), indent=2))
         print(f"wrote {args.json}", file=sys.stderr)
     return 0
 

@@ -9,7 +9,6 @@ nothing usable is left.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from dataclasses import replace
@@ -19,7 +18,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..audio import AudioError, load_audio
 from ..device import default_device
-from ..features import FeatureConfig, StatsAccumulator, fbank, frame_geometry, num_frames, pad_or_crop
+from ..features import (
+    FeatureConfig,
+    StatsAccumulator,
+    fbank,
+    frame_geometry,
+    num_frames,
+    pad_or_crop,
+)
+from ..files import json_text
 from ..sources import read_source, validate
 
 
@@ -120,7 +127,7 @@ def run(args) -> int:
                "features": config.to_dict() | {"mean": stats.mean, "std": stats.std},
                "skipped": [{"path": p, "problem": q} for p, q in skipped]}
         with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(out, f, indent=2)
+            f.write(json_text(out, indent=2))
     return 0
 
 

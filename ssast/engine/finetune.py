@@ -47,11 +47,24 @@ from .checkpointing import Checkpointer, full_state_dict, rng_state, tag_name
 from .config import TrainSettings, load_deepspeed_config, zero_stage
 from .data import DeviceFeatures, EpochStream, EvalSet
 from .distributed import barrier, setup, teardown
-from .finetune_objective import ClassificationObjective, average_weights, balanced_weights
+from .finetune_objective import (
+    ClassificationObjective,
+    average_weights,
+    balanced_weights,
+)
 from .logging import RunLog
 from .loop import TrainState, fit, validate
 from .schedule import finetune_lr
-from .setup import build_engine, check_resume, dtype_of, load_latest, open_run, seed_rank, seed_run, write_run_record
+from .setup import (
+    build_engine,
+    check_resume,
+    dtype_of,
+    load_latest,
+    open_run,
+    seed_rank,
+    seed_run,
+    write_run_record,
+)
 
 RESULTS = "results.csv"
 BEST = loading.BEST_MODEL

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ..files import atomic_write
+from ..files import atomic_write, json_text
 
 LOGGER = "ssast.engine"
 
@@ -113,7 +113,7 @@ class RunLog:
             if v is not None and not (isinstance(v, float) and math.isnan(v)):
                 self.writer.add_scalar(f"{prefix}/{k}", v, step)
         with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps({"step": step, "kind": prefix, "time": time.time(), **values}) + "\n")
+            f.write(json_text({"step": step, "kind": prefix, "time": time.time(), **values}, indent=None))
 
     def advance(self, n: int = 1, **postfix) -> None:
         """Move the progress bar ``n`` steps, optionally with new figures beside it."""

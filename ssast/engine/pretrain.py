@@ -10,7 +10,6 @@ validation metric improves.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,17 +18,39 @@ import torch
 from ..config import ModelConfig
 from ..datasets import SkipCounter
 from ..features import FeatureConfig
-from ..files import atomic_write
+from ..files import atomic_write, json_text
 from ..model import ASTModel
-from .checkpointing import MODEL_FILE, RELEASED_FILE, Checkpointer, full_state_dict, rng_state, tag_name
-from .config import DataSettings, TrainSettings, load_deepspeed_config, precision, zero_stage
+from .checkpointing import (
+    MODEL_FILE,
+    RELEASED_FILE,
+    Checkpointer,
+    full_state_dict,
+    rng_state,
+    tag_name,
+)
+from .config import (
+    DataSettings,
+    TrainSettings,
+    load_deepspeed_config,
+    precision,
+    zero_stage,
+)
 from .data import DeviceFeatures, TrainStream, ValidSet
 from .distributed import all_reduce_sum, barrier, setup, teardown
 from .logging import RunLog
 from .loop import TrainState, fit
 from .objective import MaskedPatchObjective
 from .schedule import Plateau, PlateauSchedule
-from .setup import build_engine, check_resume, dtype_of, load_latest, open_run, seed_rank, seed_run, write_run_record
+from .setup import (
+    build_engine,
+    check_resume,
+    dtype_of,
+    load_latest,
+    open_run,
+    seed_rank,
+    seed_run,
+    write_run_record,
+)
 
 FORMAT_VERSION = 1
 # Settings that must not change when a run is resumed: they define what is being trained.
@@ -196,7 +217,7 @@ def _train(cfg, objective, dist, engine, ckpt, state, schedule, ds_config, runlo
         if dist.main:
             best = run_dir / "best"
             ckpt.export(weights, best, meta())
-            atomic_write(best / "valid.json", json.dumps({"step": st.step, **metrics}, indent=1))
+            atomic_write(best / "valid.json", json_text({"step": st.step, **metrics}))
         barrier()
 
     def on_valid(st: TrainState, metrics: dict) -> None:

@@ -14,8 +14,18 @@ import os
 from pathlib import Path
 
 from ..audio import DEFAULT_SAMPLE_RATE
-from .common import (LABEL_CSV, Prepared, PrepError, default_cache, download, ensure_extracted, find_dir,
-                     resample_many, write_datafile, write_label_csv)
+from .common import (
+    LABEL_CSV,
+    Prepared,
+    PrepError,
+    default_cache,
+    download,
+    ensure_extracted,
+    find_dir,
+    resample_many,
+    write_datafile,
+    write_label_csv,
+)
 
 ESC50_URL = "https://github.com/karolpiczak/ESC-50/archive/master.zip"
 ESC50_ARCHIVE = "ESC-50-master.zip"

@@ -19,8 +19,17 @@ import subprocess
 from pathlib import Path
 
 from ..audio import DEFAULT_SAMPLE_RATE
-from .common import (LABEL_CSV, Prepared, PrepError, default_cache, download, ensure_extracted, resample_many,
-                     write_datafile, write_label_csv)
+from .common import (
+    LABEL_CSV,
+    Prepared,
+    PrepError,
+    default_cache,
+    download,
+    ensure_extracted,
+    resample_many,
+    write_datafile,
+    write_label_csv,
+)
 
 FSD50K_URL = "https://zenodo.org/records/4060432/files/{name}?download=1"
 FSD50K_ARCHIVES = {

@@ -17,8 +17,16 @@ import os
 import re
 from pathlib import Path
 
-from .common import (LABEL_CSV, Prepared, PrepError, default_cache, download, ensure_extracted, write_datafile,
-                     write_label_csv)
+from .common import (
+    LABEL_CSV,
+    Prepared,
+    PrepError,
+    default_cache,
+    download,
+    ensure_extracted,
+    write_datafile,
+    write_label_csv,
+)
 
 SPEECHCOMMANDS_URL = "https://storage.googleapis.com/download.tensorflow.org/data/speech_commands_v0.02.tar.gz"
 SPEECHCOMMANDS_ARCHIVE = "speech_commands_v0.02.tar.gz"
