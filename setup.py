@@ -15,6 +15,7 @@ INSTALL_REQUIRES = [
     "filelock>=3.12",  # also a torch requirement
     "webdataset==1.0.2",
     "tensorboard>=2.14",
+    "safetensors>=0.4",  # Hugging Face model folders
 ]
 
 # DeepSpeed builds against the installed torch: install it after the rest, without build

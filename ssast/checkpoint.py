@@ -66,14 +66,17 @@ class Checkpoint:
         return any(k.startswith("mlp_head.") for k in self.state)
 
 
-def _load_file(path: str | os.PathLike) -> Any:
+def load_file(path: str | os.PathLike, map_location: Any = "cpu", allow: tuple = ()) -> Any:
+    """``torch.load(path, weights_only=True)``: tensors, plain containers and the ``allow``ed
+    classes only; anything else (a pickle that could run code) raises :class:`CheckpointError`."""
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{path}: no such checkpoint file")
     if p.is_dir():
         raise CheckpointError(path, "is a directory, not a checkpoint file")
     try:
-        return torch.load(p, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(list(allow)):
+            return torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         msg = str(e)
         lines = [ln.strip() for ln in msg.splitlines() if ln.strip()]
@@ -82,8 +85,8 @@ def _load_file(path: str | os.PathLike) -> Any:
             raise CheckpointError(
                 path,
                 "refused to unpickle: the file holds Python objects other than tensors and plain "
-                "containers, and loading it could run code; released and ssast checkpoints hold only "
-                f"tensors ({blocked[0]})",
+                "containers, and loading it could run code; ssast's checkpoints and run folders hold none "
+                f"({blocked[0]})",
             ) from None
         detail = [ln for ln in lines if not ln.startswith(("Weights only load failed", "Please file", "Check the"))
                   and "WeightsUnpickler error" not in ln]
@@ -154,7 +157,7 @@ def infer_grid(cfg: ModelConfig, num_positions: int, path: str | None = None) ->
 
 def read_checkpoint(path: str | os.PathLike, **geometry) -> Checkpoint:
     """Read a released-format or project-format checkpoint (see the module docstring)."""
-    obj = _load_file(path)
+    obj = load_file(path)
     path = str(path)
     if not isinstance(obj, dict):
         raise CheckpointError(path, f"not an SSAST/AST checkpoint: it holds a {type(obj).__name__}, not a state dict")

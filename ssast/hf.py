@@ -21,8 +21,9 @@ import re
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file as load_safetensors
 
-from .checkpoint import Checkpoint, CheckpointError, _load_file
+from .checkpoint import Checkpoint, CheckpointError, load_file
 from .config import ModelConfig, size_from_width
 from .features import FeatureConfig
 from .model import ASTModel
@@ -182,14 +183,12 @@ def _module_names(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def _weights(path: Path) -> dict[str, torch.Tensor]:
     st, pt = path / "model.safetensors", path / "pytorch_model.bin"
     if st.is_file():
-        from safetensors.torch import load_file
-
         try:
-            return load_file(str(st))
+            return load_safetensors(str(st))
         except Exception as e:  # safetensors raises its own error types for a damaged file
             raise CheckpointError(st, f"unreadable safetensors file ({e})") from None
     if pt.is_file():
-        return _load_file(pt)
+        return load_file(pt)
     raise CheckpointError(path, "Hugging Face folder without weights (model.safetensors or pytorch_model.bin)")
 
 

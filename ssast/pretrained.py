@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from . import registry
-from .checkpoint import CheckpointError, _load_file
+from .checkpoint import CheckpointError, load_file
 from .config import DEIT_NAMES, ModelConfig
 from .download import cache_dir
 from .files import atomic_save
@@ -49,7 +49,7 @@ def imagenet_state_dict(model_size: str) -> tuple[dict[str, torch.Tensor], Path]
                 f"pretrained=True).state_dict(), '{name}.pth')\" and put the file at {dest} "
                 "(or point SSAST_PRETRAINED_DIR at the folder that holds it)."
             ) from None
-    sd = _load_file(dest)
+    sd = load_file(dest)
     if isinstance(sd, dict) and "model" in sd and isinstance(sd["model"], dict):
         sd = sd["model"]  # DeiT's own release wraps the state dict
     if not isinstance(sd, dict) or "patch_embed.proj.weight" not in sd:

@@ -2,6 +2,7 @@
 torchaudio's reference fbank, layers, checkpoint kinds, output layout, corrupt files, the command."""
 import csv
 import json
+import os
 
 import numpy as np
 import pytest
@@ -184,6 +185,10 @@ def test_cli(ckpt, audio, tmp_path, capsys):
     assert "4 file(s) embedded, 1 skipped" in err and "broken.wav" in err
     z = np.load(tmp_path / "site1" / "long.npz")
     assert "frames" not in z and z["window_avgtok"].shape == (4, 64)
+    mask = os.umask(0)
+    os.umask(mask)
+    for f in (tmp_path / "site1" / "long.npz", tmp_path / "index.csv", tmp_path / "settings.json"):
+        assert f.stat().st_mode & 0o777 == 0o666 & ~mask, f  # the user's normal permissions
     assert main(["embed", str(ckpt), str(audio / "site1" / "broken.wav"), "--out", str(tmp_path / "b"),
                  "--device", "cpu", "--no-progress"]) == 1
 

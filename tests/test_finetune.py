@@ -286,6 +286,11 @@ def test_results_best_checkpoint_and_evaluate(scratch_run):
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     valid = [r for r in records if r["kind"] == "valid"]
     assert len(valid) == 4 and not any("lr_scale" in r for r in valid)
+    # Files the run writes have the user's normal permissions (not mkstemp's 0600).
+    mask = os.umask(0)
+    os.umask(mask)
+    for f in (out / "best.pt", out / "results.csv", out / "wa.pt", out / "run.json"):
+        assert f.stat().st_mode & 0o777 == 0o666 & ~mask, f
     # ssast evaluate on the test set gives the recorded test metrics.
     res = evaluate(out / "best.pt", data["test"], device="cpu")
     for k in ("acc", "mAP", "mAUC", "precision", "recall"):
@@ -329,6 +334,20 @@ def test_frozen_encoder_from_released_checkpoint(scratch_run, tmp_path):
               "--no-warmup", "--epochs", "2", "--resume")
     assert list(csv.DictReader(open(out / "results.csv"))) == rows
     assert not math.isnan(float(rows[-1]["acc"]))
+    # A run folder from elsewhere cannot run code on --resume: every file is read weights-only.
+    from test_pretrain import plant_malicious_pickle
+
+    marker = tmp_path / "pwned"
+    (tag,) = (out / "checkpoints").glob("global_step*")
+    plant_malicious_pickle(tag / "mp_rank_00_model_states.pt", marker)
+    cmd = [sys.executable, "-m", "ssast.cli", "finetune", "--train", data["train"], "--valid", data["valid"],
+           "--test", data["test"], "--out", str(out), *GEOMETRY, "--mean", "-5", "--std", "4", "--init",
+           str(tmp_path / "pre.pth"), "--freeze-encoder", "--head-lr", "10", "--lr", "1e-3", "--no-warmup", "--epochs",
+           "2", "--batch-size", "4", "--num-workers", "0", "--device", "cpu", "--no-progress", "--log-every", "2",
+           "--resume"]
+    p = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and "refused to unpickle" in p.stderr and "mp_rank_00_model_states.pt" in p.stderr
+    assert not marker.exists()
 
 
 @needs_deepspeed

@@ -5,6 +5,7 @@ import logging
 import math
 
 import numpy as np
+import pytest
 import soundfile as sf
 import torch
 

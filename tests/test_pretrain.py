@@ -318,6 +318,117 @@ def test_two_process_kill_and_resume(pretrain_data, tmp_path):
     assert read_checkpoint(killed / "best" / "ssast_released.pth").stage == "pretrain"
 
 
+class _Payload:
+    """Unpickled with weights_only=False, it creates the file its environment names."""
+
+    def __reduce__(self):
+        return (os.system, (f"touch {os.environ['SSAST_TEST_MARKER']}",))
+
+
+def plant_malicious_pickle(path: Path, marker: Path) -> None:
+    os.environ["SSAST_TEST_MARKER"] = str(marker)
+    try:
+        torch.save({"module": {}, "x": _Payload()}, path)
+    finally:
+        del os.environ["SSAST_TEST_MARKER"]
+
+
+def _rank_processes(run: Path):
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if str(run) in " ".join(p.info["cmdline"] or ()):
+                found.append(p)
+        except psutil.Error:
+            pass
+    return found
+
+
+@needs_deepspeed
+def test_killed_launcher_takes_its_ranks_and_one_run_per_folder(pretrain_data, tmp_path):
+    """Killing torchrun's process group (the launcher only: it starts its ranks in sessions of
+    their own) stops the ranks too; while a run lives, a second run into its folder is refused,
+    naming the holder; the kernel releases the folder's lock with the run."""
+    import psutil
+
+    from ssast.engine.setup import RunLock
+
+    data = pretrain_data
+    run = tmp_path / "live"
+    err = tmp_path / "live.err"
+    with open(err, "w") as f:
+        launcher = subprocess.Popen(_torchrun(_args(data, run, "--max-steps", "100000")), env=_env(),
+                                    stdout=subprocess.DEVNULL, stderr=f, start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and launcher.poll() is None:
+            if (run / "metrics.jsonl").exists() and max(_records(run), default=0) >= 1:
+                break
+            time.sleep(0.05)
+        assert launcher.poll() is None, err.read_text()[-4000:]
+        ranks = [p for p in psutil.Process(launcher.pid).children(recursive=True) if "ssast.cli" in " ".join(p.cmdline())]
+        assert len(ranks) >= 2
+        second = subprocess.run(_single(_args(data, run, "--resume", "--max-steps", "100000")), env=_env(),
+                                capture_output=True, text=True, timeout=240)
+        assert second.returncode == 2 and "in use by pid" in second.stderr, second.stderr[-3000:]
+        holder = json.loads((run / ".ssast.lock").read_text())
+        assert holder["pid"] in [p.pid for p in ranks] and f"pid {holder['pid']}" in second.stderr
+        os.killpg(launcher.pid, signal.SIGKILL)  # what a terminal or a scheduler does to the job
+        launcher.wait(timeout=30)
+        _, alive = psutil.wait_procs(ranks, timeout=30)
+        assert not alive, [p.pid for p in alive]
+        assert not _rank_processes(run)
+    finally:
+        for p in _rank_processes(run):
+            p.kill()
+    RunLock(run).acquire().release()  # free again
+
+
+@needs_deepspeed
+def test_resume_refuses_a_run_folder_that_would_run_code(pretrain_data, tmp_path):
+    """--resume reads every file of the run with weights_only=True: a planted pickle is refused,
+    named, and never executed (DeepSpeed's own loader would have run it)."""
+    data = pretrain_data
+    run = tmp_path / "run"
+    _run(_single(_args(data, run, "--max-steps", "3")))
+    marker = tmp_path / "pwned"
+    for victim in ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt"):
+        target = run / "checkpoints" / tag_name(3) / victim
+        saved = target.read_bytes()
+        plant_malicious_pickle(target, marker)
+        p = subprocess.run(_single(_args(data, run, "--resume", "--max-steps", "6")), env=_env(), capture_output=True,
+                           text=True, timeout=240)
+        assert p.returncode == 2 and "refused to unpickle" in p.stderr and victim in p.stderr, p.stderr[-3000:]
+        assert not marker.exists()
+        target.write_bytes(saved)
+    _run(_single(_args(data, run, "--resume", "--max-steps", "4")))  # the genuine files still resume
+
+
+def test_stale_extension_build_lock_is_removed_and_a_held_one_named(tmp_path):
+    """A start killed while DeepSpeed built its CPU op leaves the build's lock: removed when no
+    process holds it, named with its holder when one does, never waited on silently."""
+    from ssast.engine.distributed import check_build_locks
+
+    stale = tmp_path / "py311_cpu" / "deepspeed_shm_comm" / "lock"
+    held = tmp_path / "py311_cpu" / "deepspeed_cpu_adam" / "lock"
+    for lock in (stale, held):
+        lock.parent.mkdir(parents=True)
+        lock.touch()
+    holder = subprocess.Popen([sys.executable, "-c", f"import time; f = open({str(held)!r}); print('held', flush=True); "
+                               "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        messages = check_build_locks(tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not stale.exists() and held.exists()
+    assert any("removed" in m and str(stale) in m for m in messages)
+    assert any(f"process {holder.pid}" in m and str(held) in m for m in messages)
+
+
 @needs_deepspeed
 def test_export_and_reload(pretrain_data, tmp_path, capsys):
     """ssast export takes a run folder or a tag folder; the exports load for fine-tuning."""

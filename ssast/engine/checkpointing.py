@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoint import save_checkpoint, save_released
+from ..checkpoint import load_file, save_checkpoint, save_released
 from ..files import atomic_write, fsync_dir
 from ..model import ASTModel
 from .distributed import barrier
@@ -156,6 +156,47 @@ def full_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def deepspeed_state_types() -> tuple:
+    """The classes DeepSpeed pickles into its optimizer checkpoints besides tensors and containers:
+    plain data (a loss scaler's settings, a ZeRO stage number, a parameter fragment's address)."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address
+
+
+class _WeightsOnlyLoads:
+    """DeepSpeed's checkpoint engine with every ``load`` made by :func:`ssast.checkpoint.load_file`
+    (``weights_only=True``): a run folder from elsewhere cannot run code when it is resumed."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.allow = deepspeed_state_types()
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def load(self, path, map_location=None):
+        return load_file(path, map_location=map_location, allow=self.allow)
+
+
+def _load_weights_only(engine) -> None:
+    """Route the engine's checkpoint reads through :class:`_WeightsOnlyLoads`.
+
+    DeepSpeed reads every file of a checkpoint through ``engine.checkpoint_engine.load``, which
+    unpickles with ``weights_only=False`` and offers no option to change that; its checkpoint
+    engine is replaced by a wrapper here (tests/test_pretrain.py checks that a malicious run folder
+    is refused, so a DeepSpeed that reads otherwise fails there, loudly).
+    """
+    inner = getattr(engine, "checkpoint_engine", None)
+    if inner is None or not callable(getattr(inner, "load", None)):
+        raise RuntimeError("this DeepSpeed engine reads checkpoints without a checkpoint_engine.load: ssast cannot "
+                           "make it load with weights_only=True; use the DeepSpeed version setup.py pins")
+    if not isinstance(inner, _WeightsOnlyLoads):
+        engine.checkpoint_engine = _WeightsOnlyLoads(inner)
+
+
 class Checkpointer:
     """Saves and finds the run's checkpoints, and writes its model exports (rank 0)."""
 
@@ -231,12 +272,13 @@ class Checkpointer:
         if saved is not None and saved != engine.world_size and engine.zero_optimization_stage() > 0:
             raise ValueError(f"{tag_dir}: written by {saved} processes, resumed by {engine.world_size}; ZeRO "
                              f"partitions the optimizer state per process, so resume with {saved} processes")
+        _load_weights_only(engine)
         path, client = engine.load_checkpoint(str(self.dir), tag=tag_dir.name, load_optimizer_states=True,
                                               load_lr_scheduler_states=False, load_module_strict=True)
         if path is None or not client or "ssast" not in client:
             raise FileNotFoundError(f"{tag_dir}: DeepSpeed could not load this checkpoint")
         rank_file = tag_dir / f"ssast_rank{self.rank:05d}.pt"
-        rank_state = torch.load(rank_file, map_location="cpu", weights_only=True) if rank_file.is_file() else None
+        rank_state = load_file(rank_file) if rank_file.is_file() else None
         return client["ssast"], rank_state
 
     def remove_incomplete(self) -> list[Path]:

@@ -56,6 +56,7 @@ from .logging import RunLog
 from .loop import TrainState, fit, validate
 from .schedule import finetune_lr
 from .setup import (
+    RunLock,
     build_engine,
     check_resume,
     dtype_of,
@@ -243,10 +244,13 @@ def finetune(cfg: FinetuneConfig) -> int:
     if cfg.task not in ("ft_avgtok", "ft_cls"):
         raise ValueError(f"task must be ft_avgtok or ft_cls, got {cfg.task!r}")
     dist = setup(cfg.device)
+    lock = RunLock(cfg.out).acquire() if dist.main else None
     try:
         return _run(cfg, dist)
     finally:
         teardown()
+        if lock is not None:
+            lock.release()
 
 
 def _run(cfg: FinetuneConfig, dist) -> int:

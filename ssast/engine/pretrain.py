@@ -42,6 +42,7 @@ from .loop import TrainState, fit
 from .objective import MaskedPatchObjective
 from .schedule import Plateau, PlateauSchedule
 from .setup import (
+    RunLock,
     build_engine,
     check_resume,
     dtype_of,
@@ -112,10 +113,13 @@ def pretrain(cfg: PretrainConfig) -> int:
     objective = MaskedPatchObjective(cfg.model, cfg.objective, cfg.mask_patch, cfg.resolved_cluster(),
                                      cfg.two_pass, cfg.mpg_weight, seed=cfg.train.seed)
     dist = setup(cfg.device)
+    lock = RunLock(cfg.out).acquire() if dist.main else None
     try:
         return _run(cfg, objective, dist)
     finally:
         teardown()
+        if lock is not None:
+            lock.release()
 
 
 def _run(cfg: PretrainConfig, objective: MaskedPatchObjective, dist) -> int:

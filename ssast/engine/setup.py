@@ -1,16 +1,22 @@
 """What pretraining and fine-tuning set up alike: seeds, precision, optimizer and engine, resume.
 
 A run (:func:`ssast.engine.pretrain.pretrain`, :func:`ssast.engine.finetune.finetune`) in
-every process: joins the process group, refuses to train into a folder that holds a run unless
-``--resume`` is given (:func:`open_run`), checks that a resumed run keeps the settings that
+every process: joins the process group, takes the run folder's lock (:class:`RunLock`: one run
+per folder at a time; the kernel releases it when the holder dies), refuses to train into a
+folder that holds a run unless ``--resume`` is given (:func:`open_run`), checks that a resumed run keeps the settings that
 define what is trained (:func:`check_resume`, against the run record ``run.json``), builds the
 same initial weights on every rank (:func:`seed_run`), the optimizer and the DeepSpeed engine
 (:func:`build_engine`), and loads the newest complete checkpoint (:func:`load_latest`).
 """
 from __future__ import annotations
 
+import datetime
+import fcntl
 import json
 import logging
+import os
+import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -24,6 +30,51 @@ from .config import precision
 from .distributed import barrier
 
 RUN_FILE = "run.json"
+LOCK_FILE = ".ssast.lock"
+
+
+class RunInUse(ValueError):
+    """Another live run holds the run folder's lock; the message names it."""
+
+
+class RunLock:
+    """An exclusive lock on a run folder for the life of the process that takes it.
+
+    ``flock`` on ``DIR/.ssast.lock``: the kernel releases it when the holder exits or is killed,
+    so a lock is never left behind. The holder writes who it is into the file (pid, host, start,
+    command) for the message a second run gets. Taken by rank 0 of a run.
+    """
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / LOCK_FILE
+        self.fd: int | None = None
+
+    def acquire(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+            os.close(fd)
+            try:
+                h = json.loads(holder)
+                who = (f"pid {h['pid']} on {h['host']}, started {h['started']} ({h['command']})")
+            except (ValueError, KeyError, TypeError):
+                who = "another process"
+            raise RunInUse(f"{self.path.parent}: the run folder is in use by {who}; wait for that run to end or "
+                           "stop it, or choose another --out") from None
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv),
+                  "started": datetime.datetime.now().isoformat(timespec="seconds")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(record) + "\n").encode("utf-8"), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the file releases the lock
+            self.fd = None
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
