@@ -16,13 +16,7 @@ import torch.nn as nn
 from . import masking
 from .config import ModelConfig, grid_size
 from .encoder import ASTEncoder
-from .objectives import (
-    identified_patches,
-    masked_patch_infonce,
-    masked_patch_mse,
-    patchify,
-    unpatchify,
-)
+from .objectives import identified_patches, masked_patch_infonce, masked_patch_mse, patchify, unpatchify
 
 FINETUNE_TASKS = ("ft_avgtok", "ft_cls")
 PRETRAIN_TASKS = ("pretrain_mpc", "pretrain_mpg", "pretrain_joint", "visualize_mask")

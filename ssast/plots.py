@@ -13,14 +13,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .features import (
-    FeatureConfig,
-    FeatureExtractor,
-    fbank,
-    frame_geometry,
-    num_frames,
-    pad_or_crop,
-)
+from .features import FeatureConfig, FeatureExtractor, fbank, frame_geometry, num_frames, pad_or_crop
 from .objectives import unpatchify
 from .stream import Recording
 

@@ -36,16 +36,7 @@ from .features import FeatureExtractor, frame_geometry, num_frames
 from .files import atomic_write, json_text
 from .loading import Loaded, load
 from .metrics import probabilities
-from .stream import (
-    FileEnd,
-    FileFailed,
-    FileStart,
-    Recording,
-    Rows,
-    collect_inputs,
-    run_windows,
-    window_spans,
-)
+from .stream import FileEnd, FileFailed, FileStart, Recording, Rows, collect_inputs, run_windows, window_spans
 
 ACTIVATIONS = ("auto", "sigmoid", "softmax")
 FORMATS = ("csv", "json", "raven")

@@ -4,14 +4,7 @@ import torch
 import torchaudio
 
 from ssast import presets
-from ssast.augment import (
-    AugmentConfig,
-    augment_batch,
-    mask_along,
-    mixup,
-    noise_and_shift,
-    spec_augment,
-)
+from ssast.augment import AugmentConfig, augment_batch, mask_along, mixup, noise_and_shift, spec_augment
 from ssast.features import FeatureConfig, FeatureExtractor
 
 

@@ -2,16 +2,9 @@ import os
 
 import pytest
 import torch
-from conftest import load_pt, tiny_config, tiny_model
 
-from ssast import (
-    ASTModel,
-    CheckpointError,
-    load,
-    read_checkpoint,
-    save_checkpoint,
-    save_released,
-)
+from conftest import load_pt, tiny_config, tiny_model
+from ssast import ASTModel, CheckpointError, load, read_checkpoint, save_checkpoint, save_released
 from ssast.loading import init_from, read
 
 

@@ -9,14 +9,7 @@ import soundfile as sf
 import torch
 
 from ssast.audio import load_audio
-from ssast.datasets import (
-    AudioDataset,
-    SkipCounter,
-    collate,
-    crop_or_pad,
-    frames_to_samples,
-    multi_hot,
-)
+from ssast.datasets import AudioDataset, SkipCounter, collate, crop_or_pad, frames_to_samples, multi_hot
 from ssast.features import fbank_reference
 from ssast.sources import SourceError
 

@@ -245,7 +245,6 @@ def test_extractor_refuses_or_resamples_wrong_rate():
 
 def test_config_round_trip_and_checkpoint(tmp_path):
     from conftest import tiny_model
-
     from ssast import presets
 
     cfg = presets.get("esc50").features()

@@ -14,15 +14,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import tiny_config
 
+from conftest import tiny_config
 from ssast import ASTModel, load, read_checkpoint, save_released
-from ssast.engine.finetune import (
-    FinetuneConfig,
-    build_model,
-    param_groups,
-    results_header,
-)
+from ssast.engine.finetune import FinetuneConfig, build_model, param_groups, results_header
 from ssast.engine.finetune_objective import average_weights, balanced_weights
 from ssast.engine.loop import TrainState, fit
 from ssast.engine.schedule import cosine_factor, finetune_lr, step_decay_factor

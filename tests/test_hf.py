@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import load_pt, rel_err, tiny_model
 
+from conftest import load_pt, rel_err, tiny_model
 from ssast import load
 from ssast.cli import main
 from ssast.loading import from_model

@@ -2,8 +2,8 @@ import random
 
 import pytest
 import torch
-from conftest import tiny_model
 
+from conftest import tiny_model
 from ssast.masking import cluster_mask, legacy_cluster_mask, legacy_mask, uniform_mask
 
 GRID = (8, 64)  # the released patch models: 128 bins x 1024 frames in 16x16 patches

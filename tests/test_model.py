@@ -1,7 +1,7 @@
 import pytest
 import torch
-from conftest import tiny_model
 
+from conftest import tiny_model
 from ssast import ASTModel, MaskVisualization
 from ssast.config import SIZES, ModelConfig
 

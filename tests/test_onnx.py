@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 import torchaudio.compliance.kaldi as kaldi
-from conftest import rel_err, tiny_model
 
+from conftest import rel_err, tiny_model
 from ssast.features import FeatureConfig, FeatureExtractor, num_frames, pad_or_crop
 from ssast.loading import from_model
 

@@ -1,8 +1,8 @@
 """Parity with the official 2021 SSAST/AST code, on the reference fixtures (../shared/fixtures)."""
 import pytest
 import torch
-from conftest import load_pt, rel_err
 
+from conftest import load_pt, rel_err
 from ssast import ASTModel, load
 
 TOL = 1e-5  # relative, as the issue asks

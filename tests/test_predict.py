@@ -29,14 +29,7 @@ from ssast.predict import (
     write,
     write_raven,
 )
-from ssast.stream import (
-    Recording,
-    collect_inputs,
-    cut_windows,
-    parse_audiomoth_comment,
-    read_metadata,
-    window_spans,
-)
+from ssast.stream import Recording, collect_inputs, cut_windows, parse_audiomoth_comment, read_metadata, window_spans
 
 SR = 16000
 LABELS = ["frog", "bird", "rain"]

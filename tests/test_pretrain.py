@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import tiny_config
 
+from conftest import tiny_config
 from ssast import ASTModel, load, read_checkpoint
 from ssast.engine.checkpointing import MARKER, complete_tags, export_source, tag_name
 from ssast.engine.config import load_deepspeed_config

@@ -4,8 +4,8 @@ import shutil
 import pytest
 import timm
 import torch
-from conftest import load_pt
 
+from conftest import load_pt
 from ssast import ASTModel, CheckpointError, download, pretrained
 
 

@@ -10,9 +10,9 @@ import textwrap
 
 import pytest
 import torch
-from conftest import REPO, load_pt, rel_err
 from torchaudio.compliance import kaldi
 
+from conftest import REPO, load_pt, rel_err
 from ssast import ASTModel, CheckpointError, ModelConfig, read_checkpoint, save_released
 
 UPSTREAM = REPO / "upstream"
@@ -270,9 +270,7 @@ def test_matches_s3prl_ssast_upstream(hub, ckpts, reference_hidden_states, kind,
 @needs_s3prl
 @pytest.mark.parametrize("kind, rate, width", [("patch", 1600, 12 * 192), ("frame", 160, 192)])
 def test_s3prl_featurizer_weighted_sum(hub, ckpts, kind, rate, width):
-    from s3prl.upstream.interfaces import (
-        Featurizer,  # the one s3prl's SUPERB runner uses
-    )
+    from s3prl.upstream.interfaces import Featurizer  # the one s3prl's SUPERB runner uses
 
     up = hub.ssast_local(ckpts[kind], window_secs=1.0)
     featurizer = Featurizer(up, upstream_device="cpu")

@@ -55,14 +55,7 @@ import torch.nn.functional as F
 
 from ssast import CheckpointError, loading
 from ssast.config import grid_size
-from ssast.features import (
-    AUDIOSET_MEAN,
-    AUDIOSET_STD,
-    fbank,
-    frame_geometry,
-    num_frames,
-    pad_or_crop,
-)
+from ssast.features import AUDIOSET_MEAN, AUDIOSET_STD, fbank, frame_geometry, num_frames, pad_or_crop
 
 SAMPLE_RATE = 16000
 FBANK_HOP = 160  # samples between fbank frames: 10 ms at 16 kHz

@@ -11,16 +11,7 @@ from pathlib import Path
 
 from .. import options, plots
 from ..loading import load
-from ..predict import (
-    ACTIVATIONS,
-    FORMATS,
-    Predictor,
-    common_folder,
-    infer_format,
-    picture_names,
-    predict,
-    write,
-)
+from ..predict import ACTIVATIONS, FORMATS, Predictor, common_folder, infer_format, picture_names, predict, write
 from ..stream import collect_inputs
 
 

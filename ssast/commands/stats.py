@@ -18,14 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..audio import AudioError, load_audio
 from ..device import default_device
-from ..features import (
-    FeatureConfig,
-    StatsAccumulator,
-    fbank,
-    frame_geometry,
-    num_frames,
-    pad_or_crop,
-)
+from ..features import FeatureConfig, StatsAccumulator, fbank, frame_geometry, num_frames, pad_or_crop
 from ..files import json_text
 from ..sources import read_source, validate
 

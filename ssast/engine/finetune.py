@@ -47,11 +47,7 @@ from .checkpointing import Checkpointer, full_state_dict, rng_state, tag_name
 from .config import TrainSettings, load_deepspeed_config, zero_stage
 from .data import DeviceFeatures, EpochStream, EvalSet
 from .distributed import barrier, setup, teardown
-from .finetune_objective import (
-    ClassificationObjective,
-    average_weights,
-    balanced_weights,
-)
+from .finetune_objective import ClassificationObjective, average_weights, balanced_weights
 from .logging import RunLog
 from .loop import TrainState, fit, validate
 from .schedule import finetune_lr

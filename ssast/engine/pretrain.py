@@ -20,21 +20,8 @@ from ..datasets import SkipCounter
 from ..features import FeatureConfig
 from ..files import atomic_write, json_text
 from ..model import ASTModel
-from .checkpointing import (
-    MODEL_FILE,
-    RELEASED_FILE,
-    Checkpointer,
-    full_state_dict,
-    rng_state,
-    tag_name,
-)
-from .config import (
-    DataSettings,
-    TrainSettings,
-    load_deepspeed_config,
-    precision,
-    zero_stage,
-)
+from .checkpointing import MODEL_FILE, RELEASED_FILE, Checkpointer, full_state_dict, rng_state, tag_name
+from .config import DataSettings, TrainSettings, load_deepspeed_config, precision, zero_stage
 from .data import DeviceFeatures, TrainStream, ValidSet
 from .distributed import all_reduce_sum, barrier, setup, teardown
 from .logging import RunLog

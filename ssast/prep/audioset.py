@@ -24,15 +24,7 @@ from typing import Sequence
 
 from ..audio import DEFAULT_SAMPLE_RATE, AudioError, audio_info, is_audio_file
 from ..sources import read_label_csv
-from .common import (
-    LABEL_CSV,
-    Prepared,
-    PrepError,
-    default_cache,
-    download,
-    resample_many,
-    write_datafile,
-)
+from .common import LABEL_CSV, Prepared, PrepError, default_cache, download, resample_many, write_datafile
 
 AUDIOSET_CSV_URL = "http://storage.googleapis.com/us_audioset/youtube_corpus/v1/csv/{name}"
 AUDIOSET_SPLITS = {

@@ -10,15 +10,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from .common import (
-    Prepared,
-    PrepError,
-    default_cache,
-    download,
-    ensure_extracted,
-    find_dir,
-    write_datafile,
-)
+from .common import Prepared, PrepError, default_cache, download, ensure_extracted, find_dir, write_datafile
 
 LIBRISPEECH_URL = "https://www.openslr.org/resources/12/{subset}.tar.gz"
 LIBRISPEECH_SUBSETS = ("train-clean-100", "train-clean-360", "train-other-500",
