@@ -98,3 +98,44 @@ def test_exported_folder_works_in_every_command(tmp_path, fixtures, capsys):
     x = torch.randn(2, 100, 128)
     with torch.no_grad():
         assert torch.equal(back.model(x), ref.model(x))
+
+
+@pytest.mark.parametrize("multilabel", [True, False])
+def test_transformers_pipeline_agrees_with_ssast_predict(tmp_path, multilabel):
+    """transformers' audio-classification pipeline on an exported folder gives the labels and scores
+    ssast predict gives on the same audio (sigmoid for multi-label models, softmax otherwise)."""
+    import math
+
+    import numpy as np
+
+    from ssast.config import ModelConfig
+    from ssast.features import FeatureConfig
+    from ssast.model import ASTModel
+    from ssast.predict import Predictor, predict
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(embed_dim=64, depth=2, num_heads=2, fshape=16, tshape=16, fstride=10, tstride=10,
+                      input_fdim=128, input_tdim=100, label_dim=6, model_size="custom", stage="finetune",
+                      default_task="ft_cls")
+    model = ASTModel(config=cfg).eval()
+    with torch.no_grad():
+        model.mlp_head[1].weight.mul_(30)  # spread the scores
+    names = ["Speech", "Dog", "_silence_", "Bird, song", "Rain", "Car"]
+    features = FeatureConfig(target_length=100, mean=-6.1, std=5.2)
+    export_hf(from_model(model, features=features, labels=names, multilabel=multilabel), tmp_path / "hf")
+
+    t = np.arange(16000) / 16000
+    wave = (0.2 * np.sin(2 * math.pi * 440 * t) * (t > 0.3) + 0.02 * np.random.default_rng(0).standard_normal(t.size))
+    wave = wave.astype(np.float32)
+    pipe = transformers.pipeline("audio-classification", model=str(tmp_path / "hf"), device="cpu")
+    theirs = pipe({"raw": wave, "sampling_rate": 16000}, top_k=3)
+
+    import soundfile as sf
+
+    sf.write(tmp_path / "clip.wav", wave, 16000, subtype="FLOAT")
+    predictor = Predictor(load(tmp_path / "hf"), device="cpu")
+    assert predictor.activation == ("sigmoid" if multilabel else "softmax")
+    (ours,) = predict(predictor, [tmp_path / "clip.wav"], window=1.0, top_k=3, progress=False).files
+    assert len(ours.starts) == 1  # one window: the clip
+    assert [t["label"] for t in theirs] == [names[i] for i in ours.top_index[0]]
+    np.testing.assert_allclose([t["score"] for t in theirs], ours.top_score[0], rtol=1e-3, atol=1e-5)
