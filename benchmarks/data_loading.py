@@ -13,6 +13,8 @@ training engine runs it. Two measurements per format:
   fbank (``fbank``), then pinned and sent to the GPU when there is one. Without a GPU the pin
   step is stood in for by copying each batch into a preallocated staging buffer in the training
   process (the same bytes the pin copy moves).
+- ``feed int16``: the same with ``wave_dtype=torch.int16``: batches of the 16-bit samples as
+  stored, for the device to scale (half the bytes to move; audio formats only).
 - ``cpu features`` (the CPU set-up): the same, plus each batch's normalized (B, 1024, 128) model
   input computed at once inside the worker (:class:`ssast.features.FeatureExtractor`; for
   ``fbank``, only padding and normalization are left).
@@ -58,6 +60,7 @@ from ssast.shards import shard_pipeline, write_shards
 
 SAMPLE_RATE = 16000
 FORMATS = ("flac", "pcm16", "fbank")
+MODES = ("feed", "feed int16", "cpu features")
 
 
 def make_clips(folder: Path, clips: int, seconds: float) -> Path:
@@ -185,12 +188,14 @@ def _loader(dataset, args, **kw):
                                        prefetch_factor=4 if workers else None, **kw)
 
 
-def shard_run(pattern: str, fmt: str, args, cpu_features: bool) -> dict:
+def shard_run(pattern: str, args, mode: str) -> dict:
     frames = args.frames
+    extra = {"wave_dtype": torch.int16} if mode == "feed int16" else {}
     pipe = shard_pipeline(pattern, num_samples=frames_to_samples(frames), batch_size=args.batch, train=True,
-                          resampled=True, epoch_length=10 ** 9, shuffle_buffer=args.shuffle_buffer, seed=0)
-    dataset = FeaturesInWorkers(pipe, FeatureExtractor(FeatureConfig(target_length=frames))) if cpu_features else pipe
-    return measure(_loader(dataset, args, batch_size=None), Sink(args.device), args.warmup, args.min_seconds,
+                          resampled=True, epoch_length=10 ** 9, shuffle_buffer=args.shuffle_buffer, seed=0, **extra)
+    if mode == "cpu features":
+        pipe = FeaturesInWorkers(pipe, FeatureExtractor(FeatureConfig(target_length=frames)))
+    return measure(_loader(pipe, args, batch_size=None), Sink(args.device), args.warmup, args.min_seconds,
                    args.min_batches)
 
 
@@ -238,6 +243,8 @@ def main() -> None:
     p.add_argument("--min-batches", type=int, default=20, help="least batches in the timed window")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (the median is reported)")
     p.add_argument("--no-2021", dest="run_2021", action="store_false", help="skip the 2021-style loader")
+    p.add_argument("--no-int16", dest="int16", action="store_false",
+                   help="skip the feed of int16 waves (shard_pipeline(..., wave_dtype=torch.int16))")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="where batches are sent (cpu: a staging copy stands in for pinning)")
     p.add_argument("--workdir", help="folder for the clips and shards, reused between runs (default: a temporary one)")
@@ -268,20 +275,20 @@ def main() -> None:
             "cpu features": median_of([run_2021(datafile, args) for _ in range(args.repeats)])}
     for fmt, (pattern, size) in shard_sets.items():
         results[fmt] = {"format": fmt, "bytes_per_clip": size}
-        for mode, cpu_features in (("feed", False), ("cpu features", True)):
-            results[fmt][mode] = median_of([shard_run(pattern, fmt, args, cpu_features) for _ in range(args.repeats)])
+        for mode in MODES:
+            if mode == "feed int16" and (fmt == "fbank" or not args.int16):
+                continue
+            results[fmt][mode] = median_of([shard_run(pattern, args, mode) for _ in range(args.repeats)])
     tar = tar_read_ms(shard_sets["pcm16"][0]) if "pcm16" in shard_sets else {}
     load_after = os.getloadavg()
 
-    print(f"{'loader':12s} {'bytes/clip':>10s} | {'feed: clips/s/core':>18s} {'(wall, cores)':>14s} | "
-          f"{'cpu features: clips/s/core':>26s} {'(wall, cores)':>14s}")
+    heads = {"feed": "feed (float32 waves)", "feed int16": "feed (int16 waves)", "cpu features": "cpu features"}
+    print("clips/s per core (clips/s wall, cores used)")
+    print(f"{'loader':12s} {'bytes/clip':>10s} | " + " | ".join(f"{heads[m]:>26s}" for m in MODES))
     for name, r in results.items():
-        cells = []
-        for mode in ("feed", "cpu features"):
-            m = r.get(mode)
-            cells.append(f"{m['clips_per_s_per_core']:18.0f} {m['clips_per_s']:7.0f}, {m['cores_used']:4.2f}" if m
-                         else f"{'-':>18s} {'':>13s}")
-        print(f"{name:12s} {r['bytes_per_clip'] / 1e3:8.0f} kB | {cells[0]} | {cells[1]:>41s}")
+        cells = [f"{m['clips_per_s_per_core']:8.0f} ({m['clips_per_s']:6.0f}, {m['cores_used']:4.2f})"
+                 if (m := r.get(mode)) else "-" for mode in MODES]
+        print(f"{name:12s} {r['bytes_per_clip'] / 1e3:7.0f} kB | " + " | ".join(f"{c:>26s}" for c in cells))
     if tar:
         print("tar reading, ms per clip: " + ", ".join(f"{k} {v:.3f}" for k, v in tar.items()))
     print(f"load average before {' '.join(f'{x:.2f}' for x in load_before)}, "
@@ -293,6 +300,8 @@ def main() -> None:
                 "frames": args.frames, "shuffle_buffer": args.shuffle_buffer, "repeats": args.repeats,
                 "load_average_before": load_before, "load_average_after": load_after}
         summary = {"feed_clips_per_s_per_core": {f: results[f]["feed"]["clips_per_s_per_core"] for f in shard_sets},
+                   "feed_int16_clips_per_s_per_core": {f: results[f]["feed int16"]["clips_per_s_per_core"]
+                                                       for f in shard_sets if "feed int16" in results[f]},
                    "cpu_features_clips_per_s_per_core": {
                        name: r["cpu features"]["clips_per_s_per_core"] for name, r in results.items()},
                    "bytes_per_clip": {name: r["bytes_per_clip"] for name, r in results.items()},

@@ -35,7 +35,9 @@ without ``labels`` no target is made.
 Batches (``batch_size``) are dicts of:
 
 - ``wave`` (B, N) float32 in [-1, 1] and ``length`` (B,) samples of real audio per row, from
-  audio formats: features are computed from them on the training device;
+  audio formats: features are computed from them on the training device (with
+  ``wave_dtype=torch.int16``, ``wave`` holds the 16-bit samples, to be scaled by 1 / 32768 on
+  the device: half the bytes to move);
 - or, when the batch holds precomputed features (``fbank`` sources), ``fbank`` (B, T, F)
   float16, unnormalized log-mel, zero-padded past each row's ``frames`` (B,) real frames, as
   the recipes pad: the model input is ``(fbank.float() - mean) / (2 * std)`` on the device. A
@@ -1069,7 +1071,7 @@ def shard_pipeline(shards, *, sample_rate: int = DEFAULT_SAMPLE_RATE, num_sample
                    shuffle_buffer: int = 1000, resampled: bool = False, epoch_length: int | None = None,
                    seed: int | None = None, split_nodes: bool = True, drop_last: bool | None = None,
                    skipped: SkipCounter | None = None, features: FeatureConfig | None = None,
-                   fbank_batches: bool | None = None) -> ShardPipeline:
+                   fbank_batches: bool | None = None, wave_dtype: torch.dtype = torch.float32) -> ShardPipeline:
     """A streaming reader of webdataset shards, for a DataLoader (``batch_size=None`` there when
     ``batch_size`` is given here).
 
@@ -1102,6 +1104,10 @@ def shard_pipeline(shards, *, sample_rate: int = DEFAULT_SAMPLE_RATE, num_sample
             turned into fbank in the reader), False (precomputed features are refused), None:
             True when a source's ``manifest.json`` says its format is ``fbank``, else decided
             per batch by what it holds.
+        wave_dtype: ``torch.float32`` (batches of waves in [-1, 1]), or ``torch.int16``: the
+            16-bit samples as stored (other clips rounded to them), for the training device to
+            scale by 1 / 32768 (``ssast.datasets.PCM16_SCALE``): half the bytes to move between
+            processes, pin and copy, and no conversion on the CPU.
 
     Items are dicts: ``wave``, ``length`` (samples of real audio, with ``num_samples``),
     ``target`` (with labels), ``path`` (original file), ``meta``, and ``dataset`` (the source's
@@ -1140,7 +1146,8 @@ def shard_pipeline(shards, *, sample_rate: int = DEFAULT_SAMPLE_RATE, num_sample
                           pad=not batching, num_frames=frames) if num_samples is not None else None,
         functools.partial(add_targets, labels=vocab, skipped=skipped) if vocab is not None else None,
         wds.batched(batch_size, collation_fn=functools.partial(collate, num_samples=num_samples, num_frames=frames,
-                                                               features=geometry, fbank_batches=fbank_batches),
+                                                               features=geometry, fbank_batches=fbank_batches,
+                                                               wave_dtype=wave_dtype),
                     partial=not drop_last)
         if batching else None,
     ]

@@ -452,8 +452,17 @@ def test_pcm16_shards_hold_the_flac_samples(formats):
     for b in shard_pipeline(pcm.pattern, train=False, batch_size=5, num_samples=6000):
         for row, n, path in zip(b["wave"], b["length"].tolist(), b["path"]):
             assert torch.equal(row[:n], ref[path][:6000]) and not row[n:].any()
-    # read at another rate: resampled like the FLAC clips
+    # int16 batches: the stored samples; clips resampled on reading are rounded as the writer rounds
+    for fmt in (pcm, flac):
+        for b in shard_pipeline(fmt.pattern, train=False, batch_size=5, num_samples=6000, wave_dtype=torch.int16):
+            assert b["wave"].dtype == torch.int16
+            for row, n, path in zip(b["wave"], b["length"].tolist(), b["path"]):
+                assert torch.equal(row[:n].float() / 32768, ref[path][:6000]) and not row[n:].any()
+    b = next(iter(shard_pipeline(pcm.pattern, train=False, batch_size=18, sample_rate=8000, wave_dtype=torch.int16)))
     ref8 = _by_path(shard_pipeline(flac.pattern, train=False, sample_rate=8000))
+    for row, n, path in zip(b["wave"], b["length"].tolist(), b["path"]):
+        assert torch.equal(row[:n], torch.from_numpy(pcm16(ref8[path])))
+    # read at another rate: resampled like the FLAC clips
     for sm in shard_pipeline(pcm.pattern, train=False, sample_rate=8000):
         assert torch.equal(sm["wave"], ref8[sm["path"]])
 
