@@ -24,7 +24,9 @@ batches are drawn for at least ``--min-seconds``; the CPU time (user + system) o
 process and of all its worker processes over that window is read from the kernel (psutil), and
 clips per CPU-second is the figure reported as clips/s per core. The wall-clock rate and the
 cores actually used (CPU seconds / wall seconds) are reported beside it. Each figure is the
-median of ``--repeats`` runs. Bytes per clip are the shard bytes (tar headers included) over the
+median of ``--repeats`` runs. Everything is measured with one worker (the training set-up: the
+batches cross from the worker to the training process through shared memory) and again with
+none (``num_workers=0``: the reader in the training process, its own cost alone). Bytes per clip are the shard bytes (tar headers included) over the
 clip count. The machine's load average (``uptime``) is recorded before and after, since other
 processes share the cores.
 
@@ -33,7 +35,7 @@ compute each clip's Kaldi fbank with torchaudio one at a time (:func:`ssast.feat
 pad or crop it and normalize it, as the official dataloader does; it is measured the same way
 (its workers, its CPU time, over whole passes over the clips).
 
-    python benchmarks/data_loading.py                                  # 200 clips, 1 worker
+    python benchmarks/data_loading.py                                  # 200 clips, 1 worker, then 0
     python benchmarks/data_loading.py --formats pcm16 --repeats 5 --json out.json
 """
 from __future__ import annotations
@@ -229,12 +231,46 @@ def median_of(runs: list[dict]) -> dict:
     return {k: statistics.median(r[k] for r in runs) for k in keys} | {"runs": runs}
 
 
+def measure_all(args, datafile: Path, shard_sets: dict, num_workers: int, with_2021: bool) -> dict:
+    """Every loader and mode with ``num_workers`` DataLoader workers: {loader: {mode: figures}}."""
+    args = argparse.Namespace(**{**vars(args), "num_workers": num_workers})
+    results = {}
+    if with_2021:
+        results["2021 style"] = {"format": "wav", "bytes_per_clip": sum(
+            os.path.getsize(e["wav"]) for e in json.loads(datafile.read_text())["data"]) / args.clips,
+            "cpu features": median_of([run_2021(datafile, args) for _ in range(args.repeats)])}
+    for fmt, (pattern, size) in shard_sets.items():
+        results[fmt] = {"format": fmt, "bytes_per_clip": size}
+        for mode in MODES:
+            if mode == "feed int16" and (fmt == "fbank" or not args.int16):
+                continue
+            results[fmt][mode] = median_of([shard_run(pattern, args, mode) for _ in range(args.repeats)])
+    return results
+
+
+def print_table(results: dict, num_workers: int) -> None:
+    heads = {"feed": "feed (float32 waves)", "feed int16": "feed (int16 waves)", "cpu features": "cpu features"}
+    where = f"{num_workers} DataLoader worker(s) and the training process" if num_workers else "the training process"
+    print(f"clips/s per core (clips/s wall, cores used), {where}:")
+    print(f"{'loader':12s} {'bytes/clip':>10s} | " + " | ".join(f"{heads[m]:>26s}" for m in MODES))
+    for name, r in results.items():
+        cells = [f"{m['clips_per_s_per_core']:8.0f} ({m['clips_per_s']:6.0f}, {m['cores_used']:4.2f})"
+                 if (m := r.get(mode)) else "-" for mode in MODES]
+        print(f"{name:12s} {r['bytes_per_clip'] / 1e3:7.0f} kB | " + " | ".join(f"{c:>26s}" for c in cells))
+
+
+def per_core(results: dict, mode: str) -> dict:
+    return {name: r[mode]["clips_per_s_per_core"] for name, r in results.items() if mode in r}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--clips", type=int, default=200)
     p.add_argument("--seconds", type=float, default=10.0, help="length of each generated clip")
     p.add_argument("--formats", nargs="+", default=list(FORMATS), choices=FORMATS)
-    p.add_argument("--num-workers", type=int, default=1, help="DataLoader workers (default: 1)")
+    p.add_argument("--num-workers", type=int, nargs="+", default=[1, 0],
+                   help="DataLoader workers, one set of measurements each; the first gives the headline "
+                        "figures (default: 1, then 0: the reader in the training process itself)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--frames", type=int, default=1024, help="target length in frames")
     p.add_argument("--shuffle-buffer", type=int, default=100)
@@ -263,50 +299,42 @@ def main() -> None:
     datafile = make_clips(work, args.clips, args.seconds)
     shard_sets = {fmt: make_shards(work, datafile, fmt, args.clips) for fmt in args.formats}
     load_before = os.getloadavg()
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor() or platform.machine()) if os.path.exists("/proc/cpuinfo") else platform.machine()
     print(f"{args.clips} clips of {args.seconds:g} s in {work} (prepared in {time.perf_counter() - t0:.1f} s); "
-          f"{args.num_workers} worker(s), batch {args.batch}, {args.frames} frames, to {args.device}; "
-          f"{os.cpu_count()} CPUs, torch {torch.__version__}; load average {' '.join(f'{x:.2f}' for x in load_before)}",
-          flush=True)
+          f"batch {args.batch}, {args.frames} frames, to {args.device}; {os.cpu_count()} CPUs ({cpu}), "
+          f"torch {torch.__version__}; load average {' '.join(f'{x:.2f}' for x in load_before)}", flush=True)
 
-    results = {}
-    if args.run_2021:
-        results["2021 style"] = {"format": "wav", "bytes_per_clip": sum(
-            os.path.getsize(e["wav"]) for e in json.loads(datafile.read_text())["data"]) / args.clips,
-            "cpu features": median_of([run_2021(datafile, args) for _ in range(args.repeats)])}
-    for fmt, (pattern, size) in shard_sets.items():
-        results[fmt] = {"format": fmt, "bytes_per_clip": size}
-        for mode in MODES:
-            if mode == "feed int16" and (fmt == "fbank" or not args.int16):
-                continue
-            results[fmt][mode] = median_of([shard_run(pattern, args, mode) for _ in range(args.repeats)])
+    runs = {n: measure_all(args, datafile, shard_sets, n, args.run_2021 and i == 0)
+            for i, n in enumerate(args.num_workers)}
     tar = tar_read_ms(shard_sets["pcm16"][0]) if "pcm16" in shard_sets else {}
     load_after = os.getloadavg()
 
-    heads = {"feed": "feed (float32 waves)", "feed int16": "feed (int16 waves)", "cpu features": "cpu features"}
-    print("clips/s per core (clips/s wall, cores used)")
-    print(f"{'loader':12s} {'bytes/clip':>10s} | " + " | ".join(f"{heads[m]:>26s}" for m in MODES))
-    for name, r in results.items():
-        cells = [f"{m['clips_per_s_per_core']:8.0f} ({m['clips_per_s']:6.0f}, {m['cores_used']:4.2f})"
-                 if (m := r.get(mode)) else "-" for mode in MODES]
-        print(f"{name:12s} {r['bytes_per_clip'] / 1e3:7.0f} kB | " + " | ".join(f"{c:>26s}" for c in cells))
+    for n, results in runs.items():
+        print_table(results, n)
     if tar:
         print("tar reading, ms per clip: " + ", ".join(f"{k} {v:.3f}" for k, v in tar.items()))
     print(f"load average before {' '.join(f'{x:.2f}' for x in load_before)}, "
           f"after {' '.join(f'{x:.2f}' for x in load_after)}")
     if args.json:
-        info = {"device": torch.cuda.get_device_name() if args.device.startswith("cuda") else
-                platform.processor() or platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                "clips": args.clips, "seconds": args.seconds, "num_workers": args.num_workers, "batch": args.batch,
-                "frames": args.frames, "shuffle_buffer": args.shuffle_buffer, "repeats": args.repeats,
+        info = {"device": torch.cuda.get_device_name() if args.device.startswith("cuda") else cpu,
+                "cpus": os.cpu_count(), "torch": torch.__version__, "clips": args.clips, "seconds": args.seconds,
+                "num_workers": args.num_workers, "batch": args.batch, "frames": args.frames,
+                "shuffle_buffer": args.shuffle_buffer, "repeats": args.repeats,
                 "load_average_before": load_before, "load_average_after": load_after}
-        summary = {"feed_clips_per_s_per_core": {f: results[f]["feed"]["clips_per_s_per_core"] for f in shard_sets},
-                   "feed_int16_clips_per_s_per_core": {f: results[f]["feed int16"]["clips_per_s_per_core"]
-                                                       for f in shard_sets if "feed int16" in results[f]},
-                   "cpu_features_clips_per_s_per_core": {
-                       name: r["cpu features"]["clips_per_s_per_core"] for name, r in results.items()},
-                   "bytes_per_clip": {name: r["bytes_per_clip"] for name, r in results.items()},
-                   "tar_read_ms_per_clip": tar}
-        Path(args.json).write_text(json.dumps({"info": info, **summary, "results": results}, indent=2))
+
+        def summary(results: dict) -> dict:
+            return {"feed_clips_per_s_per_core": per_core(results, "feed"),
+                    "feed_int16_clips_per_s_per_core": per_core(results, "feed int16"),
+                    "cpu_features_clips_per_s_per_core": per_core(results, "cpu features")}
+
+        head, *rest = args.num_workers
+        out = {"info": info, **summary(runs[head]),
+               "bytes_per_clip": {name: r["bytes_per_clip"] for name, r in runs[head].items()},
+               "tar_read_ms_per_clip": tar,
+               **{f"num_workers={n}": summary(runs[n]) for n in rest},
+               "results": {f"num_workers={n}": results for n, results in runs.items()}}
+        Path(args.json).write_text(json.dumps(out, indent=2))
     if tmp is not None:
         tmp.cleanup()
 

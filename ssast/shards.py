@@ -723,23 +723,23 @@ def read_tar(url: str, handler=None) -> Iterator[dict]:
     truncated member) goes to ``handler`` (re-raised when None) with the url, and ends the shard:
     complete samples before it are kept, the one it cut is dropped.
     """
-    sample = None
+    sample = stream = None
     try:
-        with wds.gopen(url) as stream:
-            for name, data in _tar_members(stream, url):
-                if _META.match(name) or ("/" not in name and name.startswith("__") and name.endswith("__")):
-                    continue  # metadata members, skipped as webdataset skips them
-                key, ext = wds.tariterators.base_plus_ext(name)
-                if key is None:
-                    continue  # no extension
-                ext = ext.lower()
-                if sample is None or key != sample["__key__"]:
-                    if sample is not None:
-                        yield sample
-                    sample = {"__key__": key, "__url__": url}
-                if ext in sample:
-                    raise _tar_error(url, 0, f"{name}: duplicate member")
-                sample[ext] = data
+        stream = wds.gopen(url)
+        for name, data in _tar_members(stream, url):
+            if _META.match(name) or ("/" not in name and name.startswith("__") and name.endswith("__")):
+                continue  # metadata members, skipped as webdataset skips them
+            key, ext = wds.tariterators.base_plus_ext(name)
+            if key is None:
+                continue  # no extension
+            ext = ext.lower()
+            if sample is None or key != sample["__key__"]:
+                if sample is not None:
+                    yield sample
+                sample = {"__key__": key, "__url__": url}
+            if ext in sample:
+                raise tarfile.ReadError(f"{name}: a second member of that name in one sample", url)
+            sample[ext] = data
     except Exception as exn:  # noqa: BLE001 - any reading error goes to the handler, as in webdataset
         if handler is None:
             raise
@@ -751,6 +751,9 @@ def read_tar(url: str, handler=None) -> Iterator[dict]:
         if sample is not None and cut is not None and wds.tariterators.base_plus_ext(cut)[0] != sample["__key__"]:
             yield sample
         return
+    finally:
+        if stream is not None:
+            stream.close()
     if sample is not None:
         yield sample
 

@@ -594,6 +594,9 @@ def test_tar_reader_reads_what_webdataset_reads(tmp_path):
         ours = [{k: bytes(v) if isinstance(v, bytearray) else v for k, v in s.items()} for s in read_tar(str(path))]
         theirs = list(wds.tarfile_to_samples()(iter([{"url": str(path)}])))
         assert ours == theirs and len(ours) == (4 if fmt != tarfile.USTAR_FORMAT else 1)
+    piped = [{k: bytes(v) if isinstance(v, bytearray) else v for k, v in s.items() if k != "__url__"}
+             for s in read_tar(f"pipe:cat {path}")]  # webdataset's pipe: urls
+    assert piped == [{k: v for k, v in s.items() if k != "__url__"} for s in theirs]
     # compressed shards go through webdataset's reader
     gz = tmp_path / "c.tar.gz"
     with tarfile.open(gz, "w:gz") as tf:
