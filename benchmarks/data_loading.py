@@ -5,8 +5,8 @@ once to ``--workdir``) are packed into shards in each format of :func:`ssast.sha
 (``flac``, ``pcm16``, ``fbank``), and read as in pretraining: :func:`ssast.shards.shard_pipeline`
 in its endless resampled mode, random crops to 1024 frames (164080 samples; 10 s clips are
 padded), a shuffle buffer of ``--shuffle-buffer`` clips, batches of ``--batch``, through a
-DataLoader with ``--num-workers`` workers (default 1) and ``prefetch_factor=4``, as the
-training engine runs it. Two measurements per format:
+DataLoader with ``--num-workers`` workers and ``prefetch_factor=4``, as the training engine
+runs it. Per format:
 
 - ``feed`` (features left to the device): batches ready for the device, i.e. decoded, cropped
   or padded and collated into (B, N) float32 waveforms (``pcm16``, ``flac``) or (B, T, F) float16
@@ -26,9 +26,9 @@ clips per CPU-second is the figure reported as clips/s per core. The wall-clock 
 cores actually used (CPU seconds / wall seconds) are reported beside it. Each figure is the
 median of ``--repeats`` runs. Everything is measured with one worker (the training set-up: the
 batches cross from the worker to the training process through shared memory) and again with
-none (``num_workers=0``: the reader in the training process, its own cost alone). Bytes per clip are the shard bytes (tar headers included) over the
-clip count. The machine's load average (``uptime``) is recorded before and after, since other
-processes share the cores.
+none (``num_workers=0``: the reader in the training process, its own cost alone). Bytes per
+clip are the shard bytes (tar headers included) over the clip count. The machine's load
+average (``uptime``) is recorded before and after, since other processes share the cores.
 
 The ``2021 style`` loader reads the clips' wav files through a map-style dataset whose workers
 compute each clip's Kaldi fbank with torchaudio one at a time (:func:`ssast.features.fbank_reference`),

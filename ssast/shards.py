@@ -8,8 +8,8 @@ mono audio rounded to 16 bits at the dataset's sample rate:
 - ``flac`` (the default): ``KEY.flac``, 16-bit FLAC. The smallest (lossless compression);
   decoding costs about as much CPU as the model's features.
 - ``pcm16``: ``KEY.pcm``, the raw samples, little-endian int16, at the JSON's ``sample_rate``;
-  read with ``numpy.frombuffer``, no decoder. About 1.25x the bytes of FLAC on noisy audio
-  (2x on quiet speech), several times the feed rate.
+  read with ``numpy.frombuffer``, no decoder: several times FLAC's feed rate, for 1.2x its
+  bytes on the benchmark's tones in noise (more on audio FLAC compresses well, such as speech).
 - ``fbank``: ``KEY.fbank``, the precomputed Kaldi log-mel of those samples
   (:func:`ssast.features.fbank`, unnormalized), little-endian float16 (frames, mel bins),
   row-major; the JSON's ``fbank`` holds its settings (``sample_rate``, ``num_mel_bins``,
@@ -41,8 +41,9 @@ Batches (``batch_size``) are dicts of:
 - or, when the batch holds precomputed features (``fbank`` sources), ``fbank`` (B, T, F)
   float16, unnormalized log-mel, zero-padded past each row's ``frames`` (B,) real frames, as
   the recipes pad: the model input is ``(fbank.float() - mean) / (2 * std)`` on the device. A
-  batch is one or the other: in a mixture of ``fbank`` and audio sources, the waves of a batch
-  that also holds precomputed features get their fbank computed in the reader;
+  batch is one or the other: in a mixture of ``fbank`` and audio sources every batch carries
+  ``fbank`` (when a source's ``manifest.json`` names the format, or with
+  ``fbank_batches=True``), the waves' fbank computed in the reader with the same settings;
 - ``target`` (B, C) with labels; lists of ``path``, ``meta`` and ``dataset`` (a mixture's
   source names).
 """
