@@ -914,7 +914,8 @@ def crop_samples(src: Iterable[dict], num_samples: int, train: bool = True, rng=
 
     ``length`` records the samples of real audio, for the features of padded clips. Precomputed
     ``fbank`` (frames, F) is cropped or padded alike to ``num_frames`` frames (the frames of
-    ``num_samples`` samples), its real frames in ``frames``. Crops are views: nothing is copied.
+    ``num_samples`` samples), its real frames in ``frames``. Crops are views (with ``pad=False``
+    nothing is copied).
     """
     g = torch.Generator()
     g.manual_seed(_rng(rng).getrandbits(63) if train else 0)
