@@ -14,7 +14,7 @@ run() {  # name, then the command's arguments
 run pretrain_step benchmarks/pretrain_step.py --json "$OUT/pretrain_step.json"
 run pretrain_memory benchmarks/pretrain_memory.py --sizes tiny base --batch 2 --steps 2 --json "$OUT/pretrain_memory.json"
 run features benchmarks/features.py --json "$OUT/features.json"
-run data_loading benchmarks/data_loading.py --clips 200 --workers 2 --batch 16 --json "$OUT/data_loading.json"
+run data_loading benchmarks/data_loading.py --clips 200 --num-workers 1 --batch 16 --json "$OUT/data_loading.json"
 run inference benchmarks/inference.py --size base --batch 2 --steps 2
 run predict_rtf benchmarks/predict_rtf.py --minutes 60
 run stats_memory benchmarks/stats_memory.py --minutes 10 --json "$OUT/stats_memory.json"

@@ -27,7 +27,7 @@ if [ ! -f "$DATA/speechcommand_train_data.json" ]; then
   "$PYTHON" -m ssast.cli prep speechcommands "$DATA" --root "$DATA/raw"
 fi
 if [ ! -f "$DATA/shards/manifest.json" ]; then
-  "$PYTHON" -m ssast.cli shards "$DATA/speechcommand_train_data.json" "$DATA/shards" --max-count 64 --overwrite --quiet
+  "$PYTHON" -m ssast.cli shards "$DATA/speechcommand_train_data.json" "$DATA/shards" --max-count 64 --overwrite --no-progress
 fi
 # Speech Commands' normalization statistics (the official fine-tuning recipe's).
 exec "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node 2 -m ssast.cli pretrain \

@@ -20,6 +20,8 @@ import torch
 
 from . import seeds
 from .audio import DEFAULT_SAMPLE_RATE, AudioError, load_audio
+from .features import FeatureConfig, fbank
+from .features import num_frames as frames_in
 from .sources import Source, SourceError, read_source
 from .sources import validate as validate_source
 
@@ -63,24 +65,104 @@ def multi_hot(labels, index: dict[str, int]) -> torch.Tensor:
     return target
 
 
-def collate(samples: list[dict]) -> dict:
+PCM16_SCALE = 1 / 32768  # int16 samples to [-1, 1), as libsndfile reads 16-bit audio
+
+
+def batch_tensor(shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """An uninitialised tensor to collate a batch into; in shared memory inside a DataLoader
+    worker, so that the batch is written once there instead of being copied into shared memory
+    again when it is sent to the training process."""
+    out = torch.empty(shape, dtype=dtype)
+    return out.share_memory_() if torch.utils.data.get_worker_info() is not None else out
+
+
+def _collate_waves(samples: list[dict], num_samples: int | None, shared: bool = True,
+                   wave_dtype: torch.dtype = torch.float32) -> dict:
+    waves = [s["wave"] for s in samples]
+    width = max(max(w.shape[-1] for w in waves), num_samples or 0)
+    shape = (len(waves), width)
+    out = batch_tensor(shape, wave_dtype) if shared else torch.empty(shape, dtype=wave_dtype)  # (B, N)
+    pcm_out = wave_dtype == torch.int16
+    if not pcm_out and wave_dtype != torch.float32:
+        raise ValueError(f"collate: waves are batched as float32 or int16, not {wave_dtype}")
+    for i, w in enumerate(waves):
+        n = w.shape[-1]
+        if pcm_out and w.dtype != torch.int16:  # e.g. a resampled clip: rounded as the writer rounds
+            w = w.mul(32768).round_().clamp_(-32768, 32767)
+        row = out[i, :n].copy_(w)  # int16 rows into float32 are converted here, and scaled while in cache
+        if not pcm_out and w.dtype == torch.int16:
+            row.mul_(PCM16_SCALE)
+        if n < width:
+            out[i, n:].zero_()
+    lengths = torch.tensor([int(s.get("length", w.shape[-1])) for s, w in zip(samples, waves)])
+    return {"wave": out, "length": lengths}
+
+
+def _collate_fbank(samples: list[dict], num_frames: int | None, features: FeatureConfig | None) -> dict:
+    feats = [s.get("fbank") for s in samples]
+    bins = {f.shape[-1] for f in feats if f is not None}
+    waves = [i for i, f in enumerate(feats) if f is None]
+    if waves:
+        # Waveforms in a batch of precomputed features (a mixture of formats): their fbank is
+        # computed here, a batch at a time, with the settings the precomputed ones were made with.
+        c = features or FeatureConfig()
+        if bins and bins != {c.num_mel_bins}:
+            raise ValueError(f"collate: precomputed fbank with {sorted(bins)} mel bins, waveforms to be "
+                             f"computed with {c.num_mel_bins}")
+        wb = _collate_waves([samples[i] for i in waves], None, shared=False)
+        computed = fbank(wb["wave"], c.sample_rate, c.num_mel_bins, lengths=wb["length"],
+                         frame_length_ms=c.frame_length_ms, frame_shift_ms=c.frame_shift_ms,
+                         window=c.window)  # (b, T, F), zero past each clip's frames
+        counts = frames_in(wb["length"], c.sample_rate, c.frame_length_ms, c.frame_shift_ms)  # (b,)
+        for j, i in enumerate(waves):
+            keep = min(int(counts[j]), num_frames or int(counts[j]))
+            feats[i] = computed[j, :keep].to(torch.float16)
+            samples[i] = dict(samples[i], frames=keep)
+        bins.add(c.num_mel_bins)
+    if len(bins) != 1:
+        raise ValueError(f"collate: precomputed fbank with different mel bins in one batch: {sorted(bins)}")
+    width = max(max(f.shape[0] for f in feats), num_frames or 0)
+    out = batch_tensor((len(feats), width, bins.pop()), torch.float16)  # (B, T, F)
+    for i, f in enumerate(feats):
+        out[i, :f.shape[0]].copy_(f)
+        if f.shape[0] < width:
+            out[i, f.shape[0]:].zero_()  # the recipes pad the unnormalized fbank with zeros
+    frames = torch.tensor([int(s.get("frames", f.shape[0])) for s, f in zip(samples, feats)])
+    return {"fbank": out, "frames": frames}
+
+
+def collate(samples: list[dict], num_samples: int | None = None, num_frames: int | None = None,
+            features: FeatureConfig | None = None, fbank_batches: bool | None = None,
+            wave_dtype: torch.dtype = torch.float32) -> dict:
     """Stack per-clip dicts into a batch.
 
-    ``wave`` -> (B, N), clips of different lengths zero-padded to the longest; ``length`` -> (B,)
-    samples of real audio in each row (a clip's own ``length`` if it was padded before), to pass
-    as ``lengths=`` to the feature extractor so that padded clips get the recipes' features;
-    ``target`` -> (B, C) where every clip has one; any other key -> a list.
+    ``wave`` -> (B, N) float32, clips of different lengths zero-padded to the longest (or to
+    ``num_samples``, if longer); int16 waves (16-bit PCM as stored) are scaled to [-1, 1) here,
+    in the same pass. ``length`` -> (B,) samples of real audio in each row (a clip's own
+    ``length`` if it was padded before), to pass as ``lengths=`` to the feature extractor so
+    that padded clips get the recipes' features. ``wave_dtype=torch.int16`` keeps 16-bit
+    samples as they are (float rows are rounded to them), for the device to scale by 1 / 32768:
+    half the bytes to move and no conversion on the CPU.
+
+    Clips with precomputed features (``fbank``: (frames, F) unnormalized log-mel) give
+    ``fbank`` -> (B, T, F) float16, zero-padded to the longest (or ``num_frames``), and
+    ``frames`` -> (B,) real frames per row; a waveform in such a batch has its fbank computed
+    here with ``features`` (a :class:`ssast.features.FeatureConfig`; default settings if None).
+    ``fbank_batches``: True makes every batch such a batch (waves and all), False refuses
+    precomputed features, None decides per batch.
+
+    ``target`` -> (B, C) where every clip has one; any other key -> a list. Inside a DataLoader
+    worker the batch tensors are made in shared memory.
     """
     if not samples:
         raise ValueError("collate: empty batch")
-    waves = [s["wave"] for s in samples]
-    lengths = torch.tensor([int(s.get("length", w.shape[-1])) for s, w in zip(samples, waves)])
-    longest = max(w.shape[-1] for w in waves)
-    if all(w.shape[-1] == longest for w in waves):
-        wave = torch.stack(waves)  # (B, N)
+    with_fbank = any("fbank" in s for s in samples)
+    if with_fbank and fbank_batches is False:
+        raise ValueError("collate: a clip holds precomputed fbank, but batches of waveforms were asked for")
+    if with_fbank or fbank_batches:
+        batch = _collate_fbank(list(samples), num_frames, features)
     else:
-        wave = torch.stack([torch.nn.functional.pad(w, (0, longest - w.shape[-1])) for w in waves])
-    batch = {"wave": wave, "length": lengths}
+        batch = _collate_waves(samples, num_samples, wave_dtype=wave_dtype)
     with_target = sum("target" in s for s in samples)
     if with_target not in (0, len(samples)):
         raise ValueError(f"collate: {with_target} of {len(samples)} clips have a target; mix labeled and "
@@ -88,7 +170,7 @@ def collate(samples: list[dict]) -> dict:
     if with_target:
         batch["target"] = torch.stack([s["target"] for s in samples])  # (B, C)
     for key in samples[0]:
-        if key not in batch and key != "wave":
+        if key not in batch and key not in ("wave", "fbank", "length", "frames"):
             batch[key] = [s.get(key) for s in samples]
     return batch
 

@@ -3,25 +3,34 @@ import json
 import logging
 import math
 import random
+import re
 import tarfile
 from collections import Counter
+from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
-from test_datasets import write_label_csv, write_wav
+import webdataset as wds
 
 from ssast.audio import encode_flac, load_audio
 from ssast.cli import main as cli_main
-from ssast.datasets import SkipCounter
+from ssast.datasets import SkipCounter, frames_to_samples
+from ssast.features import FeatureConfig, FeatureExtractor, num_frames
 from ssast.shards import (
+    MixSource,
     add_targets,
     crop_samples,
     decode_samples,
     expand_shards,
     mix_sources,
+    pcm16,
     read_mixture,
+    read_tar,
     shard_pipeline,
     shuffle_samples,
+    tar_samples,
     write_shards,
 )
 from ssast.sources import SourceError
@@ -311,15 +320,23 @@ def test_finite_epoch_length_repeats_shards_and_refuses_idle_ranks(corpus, monke
 def test_cli_shards(corpus, tmp_path, capsys):
     root, _ = corpus
     (root / "list.csv").write_text("path,label\npc/bird/bird.0.wav,bird\npc/car/car.0.wav,car\nnope.wav,car\n")
-    assert cli_main(["shards", str(root / "list.csv"), str(tmp_path / "o"), "--max-size-mb", "1", "--quiet"]) == 0
+    assert cli_main(["shards", str(root / "list.csv"), str(tmp_path / "o"), "--max-size-mb", "1",
+                     "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "wrote 1 shard" in out and "2 clips" in out and "nope.wav: missing file" in out
-    assert cli_main(["shards", str(root / "list.csv"), str(tmp_path / "o"), "--quiet"]) == 2  # would overwrite
+    assert "wrote 1 shard" in out and "2 clips" in out and "as flac" in out and "nope.wav: missing file" in out
+    assert cli_main(["shards", str(root / "list.csv"), str(tmp_path / "o"), "--no-progress"]) == 2  # would overwrite
     assert "already holds shards" in capsys.readouterr().err
-    assert cli_main(["shards", str(root / "list.csv"), str(tmp_path / "o"), "--quiet", "--overwrite",
-                     "--prefix", "train"]) == 0
+    assert cli_main(["shards", str(root / "list.csv"), str(tmp_path / "o"), "--no-progress", "--overwrite",
+                     "--prefix", "train", "--format", "pcm16", "--num-workers", "1"]) == 0
+    assert "as pcm16" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["labels.csv", "manifest.json",
                                                                   "shard-000000.tar", "train-000000.tar"]
+    with tarfile.open(tmp_path / "o" / "train-000000.tar") as tf:
+        assert sorted(m.name.split(".", 1)[1] for m in tf.getmembers()) == ["json", "json", "pcm", "pcm"]
+    assert cli_main(["shards", str(root / "list.csv"), str(tmp_path / "f"), "--no-progress", "--format", "fbank",
+                     "--num-mel-bins", "40"]) == 0
+    manifest = json.loads((tmp_path / "f" / "manifest.json").read_text())
+    assert manifest["format"] == "fbank" and manifest["fbank"]["num_mel_bins"] == 40
 
 
 def test_writer_worker_processes_write_the_same_shards(corpus, tmp_path):
@@ -404,3 +421,229 @@ def test_set_epoch_replays_an_epoch_of_the_resampled_stream(corpus, tmp_path):
         assert again == [x["path"] for x in fresh]
         fresh.set_epoch(0)
         assert first == [x["path"] for x in fresh]
+
+
+# ----------------------------------------------------------------------------- sample formats
+
+def _by_path(samples, key="wave"):
+    return {sm["path"]: sm[key] for sm in samples}
+
+
+@pytest.fixture(scope="module")
+def formats(corpus):
+    """The corpus's folder written in each format (the same clips, in the same order)."""
+    root, flac = corpus
+    out = {"flac": flac}
+    for fmt in ("pcm16", "fbank"):
+        out[fmt] = write_shards(root / "pc", root / f"shards-{fmt}", max_size_mb=0.05, audio_format=fmt)
+    return out
+
+
+def test_pcm16_rounds_as_libsndfile_writes_flac():
+    # libsndfile's own float -> 16-bit conversion (through FLAC) is the reference.
+    x = torch.cat([torch.linspace(-1.2, 1.2, 4001), torch.tensor([0.5, 1.5, -0.5, 2.5, 32766.5]) / 32768,
+                   0.3 * torch.randn(2000, generator=torch.Generator().manual_seed(0))])
+    ref, _ = sf.read(io.BytesIO(encode_flac(x, 16000)), dtype="int16")
+    assert np.array_equal(pcm16(x), ref)
+
+
+def test_pcm16_shards_hold_the_flac_samples(formats):
+    flac, pcm = formats["flac"], formats["pcm16"]
+    assert pcm.num_clips == flac.num_clips == 18 and pcm.audio_format == "pcm16"
+    assert json.loads((Path(pcm.outdir) / "manifest.json").read_text())["format"] == "pcm16"
+    with tarfile.open(pcm.shards[0]) as tf:
+        assert {m.name.split(".", 1)[1] for m in tf.getmembers()} == {"pcm", "json"}
+    ref = _by_path(shard_pipeline(flac.pattern, train=False, labels=flac.labels_csv))
+    got = list(shard_pipeline(pcm.pattern, train=False, labels=pcm.labels_csv))
+    assert len(got) == 18 and all(sm["wave"].dtype == torch.float32 for sm in got)
+    for sm in got:
+        assert torch.equal(sm["wave"], ref[sm["path"]])
+        assert sm["target"].sum() == 1
+    # batched: int16 as stored until collate scales it into the batch, the same numbers
+    for b in shard_pipeline(pcm.pattern, train=False, batch_size=5, num_samples=6000):
+        for row, n, path in zip(b["wave"], b["length"].tolist(), b["path"]):
+            assert torch.equal(row[:n], ref[path][:6000]) and not row[n:].any()
+    # int16 batches: the stored samples; clips resampled on reading are rounded as the writer rounds
+    for fmt in (pcm, flac):
+        for b in shard_pipeline(fmt.pattern, train=False, batch_size=5, num_samples=6000, wave_dtype=torch.int16):
+            assert b["wave"].dtype == torch.int16
+            for row, n, path in zip(b["wave"], b["length"].tolist(), b["path"]):
+                assert torch.equal(row[:n].float() / 32768, ref[path][:6000]) and not row[n:].any()
+    b = next(iter(shard_pipeline(pcm.pattern, train=False, batch_size=18, sample_rate=8000, wave_dtype=torch.int16)))
+    ref8 = _by_path(shard_pipeline(flac.pattern, train=False, sample_rate=8000))
+    for row, n, path in zip(b["wave"], b["length"].tolist(), b["path"]):
+        assert torch.equal(row[:n], torch.from_numpy(pcm16(ref8[path])))
+    # read at another rate: resampled like the FLAC clips
+    for sm in shard_pipeline(pcm.pattern, train=False, sample_rate=8000):
+        assert torch.equal(sm["wave"], ref8[sm["path"]])
+
+
+def test_fbank_shards_hold_the_features_of_the_flac_samples(formats):
+    flac, fb = formats["flac"], formats["fbank"]
+    waves = _by_path(shard_pipeline(flac.pattern, train=False))
+    got = list(shard_pipeline(fb.pattern, train=False))
+    assert len(got) == 18
+    for sm in got:
+        feats = sm["fbank"]  # (T, 128) float16, unnormalized
+        assert feats.dtype == torch.float16 and "wave" not in sm
+        frames = feats.shape[0]
+        assert sm["meta"]["fbank"] == {"sample_rate": 16000, "num_mel_bins": 128, "frame_length_ms": 25.0,
+                                       "frame_shift_ms": 10.0, "window": "hanning", "frames": frames}
+        ref = FeatureExtractor(FeatureConfig(target_length=frames)).fbank(waves[sm["path"]])[0]  # (T, 128)
+        assert ref.shape == feats.shape
+        torch.testing.assert_close(feats.float(), ref, rtol=2 ** -11, atol=1e-4)  # fp16 rounding
+
+
+def test_fbank_batches_are_cropped_padded_and_keep_their_frames(formats):
+    fb = formats["fbank"]
+    whole = _by_path(shard_pipeline(fb.pattern, train=False), "fbank")
+    frames = 30  # longer than some clips, shorter than others
+    num_samples = frames_to_samples(frames)
+    batches = list(shard_pipeline(fb.pattern, train=False, batch_size=4, num_samples=num_samples))
+    assert sum(len(b["path"]) for b in batches) == 18
+    for b in batches:
+        assert b["fbank"].dtype == torch.float16 and b["fbank"].shape[1:] == (frames, 128)
+        assert "wave" not in b and "length" not in b
+        for row, n, path in zip(b["fbank"], b["frames"].tolist(), b["path"]):
+            assert n == min(frames, whole[path].shape[0])
+            assert torch.equal(row[:n], whole[path][:n]) and not row[n:].any()  # eval: the first frames
+    # training: random windows of the whole clip's frames
+    for b in shard_pipeline(fb.pattern, train=True, batch_size=3, num_samples=frames_to_samples(8), seed=1):
+        for row, path in zip(b["fbank"], b["path"]):
+            ref = whole[path].unfold(0, 8, 1).transpose(1, 2)  # (windows, 8, 128)
+            assert (ref == row).flatten(1).all(1).any()
+
+
+def test_fbank_with_other_settings_is_refused(formats):
+    fb = formats["fbank"]
+    with pytest.raises(ValueError, match="num_mel_bins=128, but read for num_mel_bins=64"):
+        list(shard_pipeline(fb.pattern, train=False, features=FeatureConfig(num_mel_bins=64)))
+    with pytest.raises(ValueError, match="sample_rate=16000, but read for sample_rate=8000"):
+        list(shard_pipeline(fb.pattern, train=False, sample_rate=8000))
+    assert len(list(shard_pipeline(fb.pattern, train=False, features=FeatureConfig()))) == 18
+
+
+def test_mixed_formats_in_one_mixture(formats):
+    flac, pcm, fb = formats["flac"], formats["pcm16"], formats["fbank"]
+    waves = _by_path(shard_pipeline(flac.pattern, train=False))
+    # audio formats mix into batches of waves
+    mix = [MixSource("flac", flac.shards, 1.0), MixSource("pcm", pcm.shards, 1.0)]
+    got = Counter()
+    for b in shard_pipeline(mix, train=False, batch_size=6, num_samples=4000):
+        for row, n, path, ds in zip(b["wave"], b["length"].tolist(), b["path"], b["dataset"]):
+            assert torch.equal(row[:n], waves[path][:4000])
+            got[ds] += 1
+    assert got == {"flac": 18, "pcm": 18}
+    # with an fbank source (its manifest says so), every batch carries fbank; the waves' fbank is
+    # computed in the reader, with the same settings
+    mix = [MixSource("flac", flac.shards, 1.0), MixSource("fbank", fb.shards, 1.0)]
+    frames = 20
+    got = Counter()
+    for b in shard_pipeline(mix, train=False, batch_size=4, num_samples=frames_to_samples(frames)):
+        assert set(b) >= {"fbank", "frames"} and "wave" not in b and b["fbank"].shape[1:] == (frames, 128)
+        for row, n, path, ds in zip(b["fbank"], b["frames"].tolist(), b["path"], b["dataset"]):
+            ref = FeatureExtractor(FeatureConfig(target_length=frames)).fbank(waves[path][:frames_to_samples(frames)])[0]
+            assert n == min(frames, num_frames(waves[path].shape[0], 16000))
+            torch.testing.assert_close(row[:n].float(), ref[:n], rtol=2 ** -11, atol=1e-4)
+            got[ds] += 1
+    assert got == {"flac": 18, "fbank": 18}
+    with pytest.raises(ValueError, match="batches of waveforms were asked for"):
+        list(shard_pipeline(mix, train=False, batch_size=4, num_samples=4000, fbank_batches=False))
+
+
+def _pcm_sample(key, seconds=0.1, rate=16000):
+    pcm = (3000 * torch.sin(torch.arange(int(seconds * rate)) * 0.05)).to(torch.int16).numpy()
+    meta = {"labels": ["a"], "duration": seconds, "sample_rate": rate, "source": key}
+    return key, {"pcm": pcm.astype("<i2").tobytes(), "json": json.dumps(meta).encode()}
+
+
+def _fbank_sample(key, frames=12, bins=8, value=-3.0):
+    meta = {"labels": ["a"], "sample_rate": 16000, "source": key,
+            "fbank": {"sample_rate": 16000, "num_mel_bins": bins, "frames": frames}}
+    return key, {"fbank": np.full((frames, bins), value, dtype="<f2").tobytes(), "json": json.dumps(meta).encode()}
+
+
+def test_corrupt_member_of_each_format_is_skipped_and_counted(tmp_path):
+    good = [_flac_sample("f0"), _pcm_sample("p0"), _fbank_sample("b0")]
+    _, pcm = _pcm_sample("x")
+    _, fb = _fbank_sample("x")
+    bad = [("f1", {"flac": b"fLaC" + bytes(300), "json": b"{}"}),  # a FLAC header and nothing after
+           ("p1", dict(pcm, pcm=pcm["pcm"][:-1])),  # odd byte count
+           ("p2", dict(pcm, json=b'{"labels": ["a"]}')),  # no sample_rate
+           ("p3", dict(pcm, pcm=pcm["pcm"][:100])),  # 50 samples: too short
+           ("b1", dict(fb, fbank=fb["fbank"][:-6])),  # not whole frames
+           ("b2", dict(fb, fbank=np.array([np.nan] * 96, dtype="<f2").tobytes())),  # NaN
+           ("b3", dict(fb, json=b'{"labels": ["a"]}'))]  # no settings
+    (tmp_path / "m-000000.tar").write_bytes(_tar_bytes(good[:1] + bad[:4] + good[1:] + bad[4:]))
+    skipped = SkipCounter()
+    out = list(shard_pipeline(str(tmp_path / "m-000000.tar"), train=False, labels=["a"], skipped=skipped))
+    assert sorted(sm["path"] for sm in out) == ["b0", "f0", "p0"]
+    assert skipped.counts() == {"tar": 0, "sample": 0, "audio": 7, "label": 0}
+    messages = " ".join(m for _, m in skipped.recent)
+    for key, problem in (("f1.flac", "unreadable audio"), ("p1.pcm", "not a whole number of 16-bit samples"),
+                         ("p2.pcm", "sample_rate"), ("p3.pcm", "too short"), ("b1.fbank", "not whole frames"),
+                         ("b2.fbank", "NaN"), ("b3.fbank", "settings")):
+        assert re.search(re.escape(key) + ".*" + problem, messages), (key, problem)
+
+
+def test_tar_reader_reads_what_webdataset_reads(tmp_path):
+    long = "k" * 120  # a name too long for a ustar header: pax or GNU long-name members
+    members = [("a/0001.flac", b"x" * 700), ("a/0001.json", b"{}"), (f"a/{long}.pcm", b"\x01\x02" * 300),
+               (f"a/{long}.json", b"{}"), ("a/0003.txt", b""), ("a/__k__.json", b"{}"), ("__info__", b"{}"),
+               ("__x__/y.json", b"{}")]
+    for fmt in (tarfile.PAX_FORMAT, tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT):
+        path = tmp_path / f"t{fmt}.tar"
+        with tarfile.open(path, "w", format=fmt) as tf:
+            dir_info = tarfile.TarInfo("a")
+            dir_info.type = tarfile.DIRTYPE
+            tf.addfile(dir_info)
+            for name, data in members if fmt != tarfile.USTAR_FORMAT else members[:2]:
+                ti = tarfile.TarInfo(name)
+                ti.size = len(data)
+                ti.mtime = 1.5  # a fractional mtime: pax headers for every member in PAX format
+                tf.addfile(ti, io.BytesIO(data))
+        ours = [{k: bytes(v) if isinstance(v, bytearray) else v for k, v in s.items()} for s in read_tar(str(path))]
+        theirs = list(wds.tarfile_to_samples()(iter([{"url": str(path)}])))
+        assert ours == theirs and len(ours) == (4 if fmt != tarfile.USTAR_FORMAT else 1)
+    piped = [{k: bytes(v) if isinstance(v, bytearray) else v for k, v in s.items() if k != "__url__"}
+             for s in read_tar(f"pipe:cat {path}")]  # webdataset's pipe: urls
+    assert piped == [{k: v for k, v in s.items() if k != "__url__"} for s in theirs]
+    # compressed shards go through webdataset's reader
+    gz = tmp_path / "c.tar.gz"
+    with tarfile.open(gz, "w:gz") as tf:
+        for name, data in members[:2]:
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+    assert [s["__key__"] for s in tar_samples([{"url": str(gz)}])] == ["a/0001"]
+    # errors name the shard and go to the handler
+    (tmp_path / "bad.tar").write_bytes(b"\x07" * 2048)
+    seen = []
+    assert list(read_tar(str(tmp_path / "bad.tar"), handler=seen.append)) == []
+    assert "checksum" in str(seen[0]) and str(tmp_path / "bad.tar") in seen[0].args
+    with pytest.raises(tarfile.ReadError, match="checksum"):
+        list(read_tar(str(tmp_path / "bad.tar")))
+
+
+def test_epoch_length_below_the_worker_count(corpus):
+    _, s = corpus
+    pipe = shard_pipeline(s.shards[0], resampled=True, epoch_length=1, batch_size=2, num_samples=400, seed=0)
+    loader = torch.utils.data.DataLoader(pipe, batch_size=None, num_workers=2)
+    assert len(list(loader)) == 1
+
+
+def test_collate_scales_int16_rows_and_pads_fbank():
+    from ssast.datasets import collate
+
+    pcm = torch.tensor([-32768, -1, 0, 1, 32767], dtype=torch.int16)
+    batch = collate([{"wave": pcm, "path": "a"}, {"wave": torch.full((3,), 0.25), "length": 2, "path": "b"}],
+                    num_samples=6)
+    assert batch["wave"].dtype == torch.float32 and batch["wave"].shape == (2, 6)
+    assert batch["wave"][0].tolist() == [-1.0, -1 / 32768, 0.0, 1 / 32768, 32767 / 32768, 0.0]
+    assert batch["wave"][1].tolist() == [0.25] * 3 + [0.0] * 3 and batch["length"].tolist() == [5, 2]
+    fb = collate([{"fbank": torch.ones(3, 4, dtype=torch.float16), "frames": 3},
+                  {"fbank": torch.full((5, 4), 2.0, dtype=torch.float16)}], num_frames=6)
+    assert fb["fbank"].shape == (2, 6, 4) and fb["fbank"].dtype == torch.float16 and set(fb) == {"fbank", "frames"}
+    assert fb["frames"].tolist() == [3, 5] and fb["fbank"][0, 3:].abs().sum() == 0 and fb["fbank"][1, 4, 0] == 2
+    with pytest.raises(ValueError, match="different mel bins"):
+        collate([{"fbank": torch.ones(3, 4)}, {"fbank": torch.ones(3, 5)}])

@@ -3,16 +3,20 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "pack a JSON datafile, CSV or folder into webdataset tar shards (FLAC audio + JSON labels)"
+HELP = "pack a JSON datafile, CSV or folder into webdataset tar shards (FLAC, 16-bit PCM or fbank + JSON labels)"
 
 
 def _run(args) -> int:
+    from ..features import FeatureConfig
     from ..shards import write_shards
 
+    features = FeatureConfig(sample_rate=args.sample_rate, num_mel_bins=args.num_mel_bins) \
+        if args.format == "fbank" else None
     summary = write_shards(args.src, args.outdir, max_size_mb=args.max_size_mb, max_count=args.max_count,
                            sample_rate=args.sample_rate, prefix=args.prefix, label_csv=args.label_csv,
-                           labeled=args.labeled, shuffle=args.shuffle, seed=args.seed, num_workers=args.workers,
-                           overwrite=args.overwrite, progress=not args.quiet)
+                           labeled=args.labeled, shuffle=args.shuffle, seed=args.seed, num_workers=args.num_workers,
+                           overwrite=args.overwrite, progress=args.progress, audio_format=args.format,
+                           features=features)
     print(summary.format())
     if summary.pattern:
         print(f"read with: ssast.shards.shard_pipeline({summary.pattern!r}"
@@ -32,6 +36,10 @@ def register(subparsers) -> None:
     p.add_argument("--max-size-mb", type=float, default=256.0, help="largest shard in MB (default: 256)")
     p.add_argument("--max-count", type=int, default=None, help="most clips per shard (default: no limit)")
     p.add_argument("--sample-rate", type=int, default=16000, help="sample rate of the stored audio (default: 16000)")
+    p.add_argument("--format", choices=("flac", "pcm16", "fbank"), default="flac",
+                   help="how clips are stored: flac (smallest), pcm16 (raw 16-bit samples: no decoding cost), "
+                        "fbank (precomputed float16 log-mel: no feature cost) (default: flac)")
+    p.add_argument("--num-mel-bins", type=int, default=128, help="mel bins of --format fbank (default: 128)")
     p.add_argument("--prefix", default="shard", help="shard file names: PREFIX-000000.tar, ... (default: shard)")
     p.add_argument("--shuffle", action=argparse.BooleanOptionalAction, default=True,
                    help="write clips in a seeded random order, so shards mix classes (default: on)")
@@ -39,8 +47,9 @@ def register(subparsers) -> None:
     p.add_argument("--labeled", action=argparse.BooleanOptionalAction, default=None,
                    help="read a folder as per-class (--labeled) or as unlabeled audio (--no-labeled); "
                         "default: per-class when it has class subfolders and no audio at its top")
-    p.add_argument("--workers", type=int, default=0,
+    p.add_argument("--num-workers", type=int, default=0,
                    help="processes decoding and encoding audio (default: 0, in-process)")
     p.add_argument("--overwrite", action="store_true", help="replace shards with this prefix already in OUTDIR")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="show a progress bar (default: on)")
     p.set_defaults(func=_run)
