@@ -13,6 +13,7 @@ import pytest
 import soundfile as sf
 import torch
 import webdataset as wds
+from test_datasets import write_label_csv, write_wav
 
 from ssast.audio import encode_flac, load_audio
 from ssast.cli import main as cli_main
