@@ -7,6 +7,7 @@ objective, started without a launcher.
 """
 import importlib.util
 import json
+import math
 import os
 import shutil
 import signal
@@ -427,6 +428,26 @@ def test_stale_extension_build_lock_is_removed_and_a_held_one_named(tmp_path):
     assert not stale.exists() and held.exists()
     assert any("removed" in m and str(stale) in m for m in messages)
     assert any(f"process {holder.pid}" in m and str(held) in m for m in messages)
+
+
+@needs_deepspeed
+def test_pretraining_reads_pcm16_and_fbank_shards(pretrain_data, tmp_path):
+    """The engine takes shards of every format: 16-bit PCM (decoded in the workers) and
+    precomputed fbank (normalized on the device), as a weighted mixture."""
+    from ssast.features import FeatureConfig
+    from ssast.shards import write_shards
+
+    data = pretrain_data
+    pcm = write_shards(data["root"] / "train", tmp_path / "pcm", max_count=12, audio_format="pcm16")
+    fb = write_shards(data["root"] / "train", tmp_path / "fbank", max_count=12, audio_format="fbank",
+                      features=FeatureConfig(num_mel_bins=16, target_length=32))
+    run = tmp_path / "run"
+    args = _args(data, run, "--max-steps", "2")
+    i = args.index("--train")
+    args[i + 1:i + 2] = [pcm.pattern, fb.pattern]
+    _run(_single(args))
+    train = _records(run)
+    assert sorted(train) == [1, 2] and all(math.isfinite(r["loss"]) for r in train.values())
 
 
 @needs_deepspeed

@@ -33,7 +33,7 @@ import torch
 
 from .. import seeds
 from ..augment import AugmentConfig, augment_batch
-from ..datasets import AudioDataset, SkipCounter, collate, frames_to_samples
+from ..datasets import PCM16_SCALE, AudioDataset, SkipCounter, collate, frames_to_samples
 from ..features import FeatureConfig, FeatureExtractor, frame_geometry
 from ..shards import shard_pipeline
 from .config import DataSettings
@@ -73,10 +73,12 @@ class TrainStream:
         self.pipeline(0)  # fail now, naming the source, if a source is missing or empty
 
     def pipeline(self, epoch: int):
+        # Waves travel from the workers as int16 to a GPU (half the bytes; scaled on the device).
         p = shard_pipeline(self.sources, sample_rate=self.features.sample_rate, num_samples=self.num_samples,
                            batch_size=self.micro_batch, train=True, shuffle_buffer=self.data.shuffle_buffer,
                            resampled=True, epoch_length=self.epoch_steps * self.accumulation, seed=self.seed,
-                           skipped=self.skipped)
+                           skipped=self.skipped, features=self.features,
+                           wave_dtype=torch.int16 if self.pin_memory else torch.float32)
         p.set_epoch(epoch)
         return p
 
@@ -105,7 +107,7 @@ class ValidSet:
                                         features.frame_length_ms, features.frame_shift_ms)
         self.pipeline = shard_pipeline(source, sample_rate=features.sample_rate, num_samples=num_samples,
                                        batch_size=batch_size, train=False, shuffle_buffer=0, resampled=False,
-                                       seed=0, skipped=self.skipped)
+                                       seed=0, skipped=self.skipped, features=features)
         self.num_workers, self.pin_memory = num_workers, pin_memory
 
     def __iter__(self) -> Iterator[dict]:
@@ -191,7 +193,15 @@ class DeviceFeatures:
         self.min_length = frame_geometry(config.sample_rate, config.frame_length_ms, config.frame_shift_ms)[0]
 
     def __call__(self, batch: dict) -> torch.Tensor:
+        if "fbank" in batch:  # shards of precomputed features: (B, T, F) float16, unnormalized
+            if batch.get("train") is True and self.augment.active:
+                raise ValueError("augmentation (mixup, SpecAugment, noise) needs waveforms; these shards hold "
+                                 "precomputed fbank (write them with --format flac or pcm16)")
+            fb = batch["fbank"].to(self.device, non_blocking=True).float()
+            return self.extractor.normalize(fb).to(self.dtype)  # (B, T, F)
         wave = batch["wave"].to(self.device, non_blocking=True)  # (B, S)
+        if wave.dtype == torch.int16:  # 16-bit samples as the shards store them
+            wave = wave.float().mul_(PCM16_SCALE)
         lengths = batch["length"].to(self.device).clamp(min=self.min_length, max=wave.shape[-1])  # (B,)
         if batch.get("train") is True and self.augment.active:
             g = torch.Generator().manual_seed(batch["seed"])
