@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import argparse
 
+from ..features import FeatureConfig
+from ..shards import write_shards
+
 HELP = "pack a JSON datafile, CSV or folder into webdataset tar shards (FLAC, 16-bit PCM or fbank + JSON labels)"
 
 
 def _run(args) -> int:
-    from ..features import FeatureConfig
-    from ..shards import write_shards
-
     features = FeatureConfig(sample_rate=args.sample_rate, num_mel_bins=args.num_mel_bins) \
         if args.format == "fbank" else None
     summary = write_shards(args.src, args.outdir, max_size_mb=args.max_size_mb, max_count=args.max_count,
