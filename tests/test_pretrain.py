@@ -395,7 +395,9 @@ def test_resume_refuses_a_run_folder_that_would_run_code(pretrain_data, tmp_path
     run = tmp_path / "run"
     _run(_single(_args(data, run, "--max-steps", "3")))
     marker = tmp_path / "pwned"
-    for victim in ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt"):
+    # The optimizer partition: DeepSpeed reads it after the model states (which the fine-tuning
+    # test plants), through the same checkpoint engine.
+    for victim in ("zero_pp_rank_0_mp_rank_00_optim_states.pt",):
         target = run / "checkpoints" / tag_name(3) / victim
         saved = target.read_bytes()
         plant_malicious_pickle(target, marker)
