@@ -1,88 +1,183 @@
-"""A small end-to-end run on generated spectrograms: pretrain, save, reload, fine-tune.
+"""``ssast demo``: the toolkit's main job, end to end, on built-in data, in a few CPU minutes.
 
-It needs no data and no download and takes well under a minute on a laptop CPU. The
-spectrograms are harmonic tones whose pitch rises or falls over time, in noise: unlabeled for
-masked-patch pretraining, labelled by direction for fine-tuning.
+Every stage is the real command, run as a user would run it (so the demo is also the smoke test
+of the whole path):
+
+1. ``ssast synth-speech``: a small keyword set spoken by espeak-ng voices in noise, with a
+   ``_silence_`` class, an ``_unknown_`` class of other words, and a pool of unlabeled audio;
+2. ``ssast prep speechcommands``: the official-style datafiles and label CSV;
+3. ``ssast shards``: webdataset shards of the training clips and of the unlabeled pool;
+4. ``ssast pretrain``: masked-patch pretraining of a small frame model on the DeepSpeed engine,
+   from the shards (labels unused);
+5. ``ssast finetune``: a keyword classifier from the pretrained model, tested on unseen speakers;
+6. ``ssast predict``: over a generated recording with keywords at known times, in sliding
+   windows, with the timeline picture; the detections are scored against the known times
+   (a detection is right when it has an event's label and overlaps it; precision: right
+   detections / detections; recall: events found / events).
 """
 from __future__ import annotations
 
-import math
+import csv
+import json
+import subprocess
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+import numpy as np
+import soundfile as sf
 
-from .checkpoint import save_checkpoint, save_released
-from .model import ASTModel
+from .prep.synth import make_noise
+from .presets import get as preset
+from .sources import read_label_csv, read_source
 
-
-def synthetic_spectrograms(n: int, frames: int, bins: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """(n, frames, bins) log-mel-like images and (n,) labels: 0 rising pitch, 1 falling."""
-    t = torch.linspace(0, 1, frames)  # (T,)
-    f = torch.arange(bins, dtype=torch.float32)  # (F,)
-    labels = torch.randint(0, 2, (n,), generator=generator)
-    start = torch.rand(n, generator=generator) * 0.3 * bins + 0.1 * bins
-    slope = (torch.rand(n, generator=generator) * 0.3 + 0.2) * bins
-    slope = torch.where(labels == 0, slope, -slope)
-    f0 = start[:, None] + slope[:, None] * t + 0.5 * bins * (labels[:, None] == 1)  # (n, T)
-    spec = torch.zeros(n, frames, bins)
-    for h in (1, 2, 3):
-        centre = (f0 * h / 2)[..., None]  # (n, T, 1)
-        spec += torch.exp(-0.5 * ((f - centre) / 1.5) ** 2) / h
-    spec = spec + 0.3 * torch.randn(n, frames, bins, generator=generator)
-    return spec, labels
+SAMPLE_RATE = 16000
+# The path's settings: a 4-block, 192-wide frame model (128x2 patches: SSAST's choice for speech)
+# on 1 s clips, pretrained on the unlabeled pool and the training clips, then fine-tuned.
+MODEL = {"embed_dim": 192, "depth": 4, "num_heads": 3, "num_prefix_tokens": 2}
+NORMALIZATION = preset("speechcommands")  # mean and std of the Speech Commands recipe
 
 
-def run(out_dir: str | Path = "demo_out", pretrain_steps: int = 30, finetune_steps: int = 150, seed: int = 0) -> dict:
-    torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
-    out = Path(out_dir)
+@dataclass
+class DemoSize:
+    words: tuple[str, ...] = ("yes", "no", "up", "down")
+    per_word: int = 40
+    silence: int = 40
+    unknown: int = 40
+    unlabeled: int = 400
+    pretrain_steps: int = 600
+    finetune_epochs: int = 12
+    recording_seconds: float = 40.0
+    events: int = 10
+
+
+SMALL = DemoSize(words=("yes", "no"), per_word=8, silence=6, unknown=6, unlabeled=12, pretrain_steps=4,
+                 finetune_epochs=1, recording_seconds=8.0, events=2)
+
+
+def _cli(*args: str, log: Path) -> None:
+    """Run ``ssast ARGS`` in its own process, its output appended to ``log``; raise on failure."""
+    cmd = [sys.executable, "-m", "ssast.cli", *map(str, args)]
+    with open(log, "a", encoding="utf-8") as f:
+        f.write(f"\n$ ssast {' '.join(map(str, args))}\n")
+        f.flush()
+        p = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
+    if p.returncode != 0:
+        tail = "".join(log.read_text(encoding="utf-8").splitlines(keepends=True)[-30:])
+        raise RuntimeError(f"ssast {args[0]} failed (exit {p.returncode}); the end of {log}:\n{tail}")
+
+
+def make_recording(clips: list[tuple[str, str]], out: Path, seconds: float, events: int,
+                   seed: int = 0) -> list[dict]:
+    """A recording of ``seconds`` of background noise with ``events`` clips (path, label) laid in at
+    random, non-overlapping times; writes ``out`` and returns the events (label, start, end)."""
+    rng = np.random.default_rng(seed)
+    wave = 0.01 * make_noise("pink_noise", seconds, rng)
+    slots = np.sort(rng.choice(int(seconds) - 1, size=min(events, int(seconds) - 1), replace=False))
+    picks = rng.choice(len(clips), size=len(slots), replace=False)
+    truth = []
+    for slot, k in zip(slots, picks):
+        path, label = clips[k]
+        clip, _ = sf.read(path, dtype="float32")
+        start = int((slot + rng.uniform(0, 0.2)) * SAMPLE_RATE)
+        clip = clip[: len(wave) - start]
+        wave[start:start + len(clip)] += clip
+        truth.append({"label": label, "start": start / SAMPLE_RATE, "end": (start + len(clip)) / SAMPLE_RATE})
+    sf.write(out, np.clip(wave, -1, 1), SAMPLE_RATE, subtype="PCM_16")
+    return truth
+
+
+def score_detections(detections: list[dict], truth: list[dict], ignore: tuple[str, ...] = ()) -> dict:
+    """Precision and recall of detections (label, start, end) against events (label, start, end)."""
+    dets = [d for d in detections if d["label"] not in ignore]
+    hit = lambda d, e: d["label"] == e["label"] and d["start"] < e["end"] and e["start"] < d["end"]  # noqa: E731
+    right = sum(any(hit(d, e) for e in truth) for d in dets)
+    found = sum(any(hit(d, e) for d in dets) for e in truth)
+    return {"detections": len(dets), "events": len(truth), "precision": right / len(dets) if dets else 0.0,
+            "recall": found / len(truth) if truth else 0.0}
+
+
+def run(out: str | Path = "demo_out", size: DemoSize = DemoSize(), seed: int = 0, threads: int = 2) -> dict:
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    frames, bins, batch = 128, 128, 16
-    geometry = dict(fshape=16, tshape=16, input_fdim=bins, input_tdim=frames, model_size="tiny")
-
-    print(f"[1/3] masked-patch pretraining: tiny 16x16-patch model, {frames} frames x {bins} bins, "
-          f"{pretrain_steps} steps of batch {batch}")
-    model = ASTModel(fstride=16, tstride=16, pretrain_stage=True, **geometry)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=5e-7, betas=(0.95, 0.999))
+    log = out / "demo.log"
     t0 = time.perf_counter()
-    first = last = None
-    for step in range(1, pretrain_steps + 1):
-        x, _ = synthetic_spectrograms(batch, frames, bins, g)
-        acc, nce, mse = model(x, "pretrain_joint", mask_patch=24, generator=g)
-        loss = nce + 10 * mse
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        last = (acc.item(), nce.item(), mse.item())
-        first = first or last
-        if step == 1 or step % 10 == 0 or step == pretrain_steps:
-            print(f"  step {step:3d}  masked acc {last[0]:.3f}  nce {last[1]:.3f}  mse {last[2]:.3f}")
-    print(f"  {pretrain_steps / (time.perf_counter() - t0):.1f} steps/s")
-    save_checkpoint(model, out / "pretrained.pt")
-    save_released(model, out / "pretrained_released.pth")
-    print(f"  saved {out / 'pretrained.pt'} (project format) and {out / 'pretrained_released.pth'} (released format)")
+    times = {}
 
-    print(f"[2/3] fine-tuning a rising/falling pitch classifier from the released-format file, "
-          f"{finetune_steps} steps of batch {batch}")
-    clf = ASTModel(label_dim=2, fstride=16, tstride=16, pretrain_stage=False,
-                   load_pretrained_mdl_path=out / "pretrained_released.pth", **geometry)
-    opt = torch.optim.Adam(clf.parameters(), lr=2e-4)
-    for step in range(1, finetune_steps + 1):
-        x, y = synthetic_spectrograms(batch, frames, bins, g)
-        loss = torch.nn.functional.cross_entropy(clf(x, "ft_avgtok"), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if step == 1 or step % 20 == 0 or step == finetune_steps:
-            print(f"  step {step:3d}  loss {loss.item():.3f}")
+    def stage(name: str, text: str):
+        print(f"[{len(times) + 1}/6] {text}", flush=True)
+        times[name] = time.perf_counter()
 
-    print("[3/3] evaluation on 64 new clips")
-    clf.eval()
-    x, y = synthetic_spectrograms(64, frames, bins, g)
-    with torch.no_grad():
-        acc_ft = (clf(x, "ft_avgtok").argmax(-1) == y).float().mean().item()
-    save_checkpoint(clf, out / "finetuned.pt", labels=["rising", "falling"])
-    print(f"  accuracy {acc_ft:.3f} (chance 0.5); saved {out / 'finetuned.pt'}")
-    return {"pretrain_first": first, "pretrain_last": last, "finetune_accuracy": acc_ft,
-            "chance": 0.5, "seconds": time.perf_counter() - t0, "log_chance_nce": math.log(24)}
+    def done(name: str) -> None:
+        times[name] = time.perf_counter() - times[name]
+        print(f"      {times[name]:.0f} s", flush=True)
+
+    raw, data, shards = out / "raw", out / "data", out / "shards"
+    stage("data", f"built-in speech: {len(size.words)} keywords x {size.per_word} clips, _silence_, _unknown_, "
+                  f"{size.unlabeled} unlabeled clips (ssast synth-speech, prep speechcommands, shards)")
+    if not (data / "speechcommand_train_data.json").exists():
+        _cli("synth-speech", raw, "--words", *size.words, "--per-word", size.per_word, "--silence", size.silence,
+             "--unknown", size.unknown, "--unlabeled", size.unlabeled, "--seed", seed, "--num-workers", threads,
+             log=log)
+        _cli("prep", "speechcommands", data, "--root", raw, log=log)
+        _cli("shards", data / "speechcommand_train_data.json", shards / "train", "--max-count", 256,
+             "--overwrite", "--no-progress", log=log)
+        _cli("shards", raw / "unlabeled", shards / "unlabeled", "--no-labeled", "--max-count", 256,
+             "--overwrite", "--no-progress", log=log)
+    done("data")
+
+    model_json = out / "model.json"
+    model_json.write_text(json.dumps(MODEL))
+    frames = ["--target-length", 100, "--mean", NORMALIZATION.mean, "--std", NORMALIZATION.std]
+    engine = ["--device", "cpu", "--num-workers", 1, "--no-progress", "--seed", seed]
+
+    stage("pretrain", f"masked-patch pretraining on the engine: frame model {MODEL['depth']} blocks x "
+                      f"{MODEL['embed_dim']}, {size.pretrain_steps} steps (ssast pretrain)")
+    _cli("pretrain", "--train", shards / "train", shards / "unlabeled", "--valid", data / "speechcommand_valid_data.json",
+         "--out", out / "pretrain", "--model-config", model_json, "--fshape", 128, "--tshape", 2, *frames,
+         "--mask-patch", 30, "--max-steps", size.pretrain_steps, "--batch-size", 32, "--lr", 5e-4,
+         "--warmup-steps", max(1, size.pretrain_steps // 10), "--valid-every", max(1, size.pretrain_steps // 3),
+         "--save-every", size.pretrain_steps, "--log-every", max(1, size.pretrain_steps // 6), "--resume", *engine,
+         log=log)
+    done("pretrain")
+
+    stage("finetune", f"keyword classifier from the pretrained model, {size.finetune_epochs} epochs (ssast finetune)")
+    _cli("finetune", "--init", out / "pretrain", "--train", data / "speechcommand_train_data.json",
+         "--valid", data / "speechcommand_valid_data.json", "--test", data / "speechcommand_eval_data.json",
+         "--out", out / "finetune", "--fshape", 128, "--tshape", 2, "--fstride", 128, "--tstride", 1, *frames,
+         "--task", "ft_avgtok", "--loss", "ce", "--epochs", size.finetune_epochs, "--batch-size", 16, "--lr", 5e-4,
+         "--freqm", 24, "--timem", 24, "--noise", "--lr-scheduler", "cosine", "--resume", *engine, log=log)
+    done("finetune")
+    rows = list(csv.DictReader(open(out / "finetune" / "results.csv", newline="")))
+    test = next(r for r in rows if r["split"] == "test")
+
+    stage("recording", f"a {size.recording_seconds:g} s recording with {size.events} keywords at known times")
+    name_of = dict(zip(*read_label_csv(data / "class_labels_indices.csv")))  # label id -> display name
+    test_clips = [(it.path, name_of[it.labels[0]]) for it in read_source(data / "speechcommand_eval_data.json").items
+                  if it.labels and name_of.get(it.labels[0]) in size.words]
+    recording = out / "recording.wav"
+    truth = make_recording(test_clips, recording, size.recording_seconds, size.events, seed)
+    (out / "recording_events.json").write_text(json.dumps(truth, indent=1) + "\n")
+    done("recording")
+
+    stage("predict", "sliding windows over the recording, detections and timeline (ssast predict)")
+    detections = out / "detections.json"
+    _cli("predict", out / "finetune", recording, "--out", detections, "--window", 1.0, "--hop", 0.25,
+         "--threshold", 0.5, "--plot-dir", out / "plots", "--device", "cpu", "--no-progress", log=log)
+    done("predict")
+    result = json.loads(detections.read_text())
+    dets = result["files"][0]["detections"] if result["files"] else []
+    scores = score_detections(dets, truth, ignore=("_silence_", "_unknown_"))
+
+    minutes = (time.perf_counter() - t0) / 60
+    summary = {"test_acc": float(test["acc"]), "chance": 1 / (len(size.words) + 2),
+               "detection": scores, "minutes": round(minutes, 2), "stages_s": {k: round(v) for k, v in times.items()},
+               "timeline": str(out / "plots" / "recording.png"), "log": str(log)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print(f"[6/6] test accuracy {summary['test_acc']:.3f} on unseen speakers ({len(size.words)} keywords, "
+          f"_silence_, _unknown_; chance {summary['chance']:.2f})")
+    print(f"      keyword detection in the recording: precision {scores['precision']:.2f}, recall "
+          f"{scores['recall']:.2f} ({scores['detections']} detections, {scores['events']} keywords)")
+    print(f"      timeline: {summary['timeline']}; every command's output: {log}; {minutes:.1f} min in all")
+    return summary

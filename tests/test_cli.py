@@ -1,8 +1,6 @@
 import subprocess
 import sys
 
-import torch
-
 from ssast import load
 
 
@@ -13,14 +11,23 @@ def test_console_script_help():
         assert cmd in out.stdout
 
 
-def test_demo_runs_end_to_end(tmp_path):
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    """The demo's stages (synth-speech, prep, shards, pretrain, finetune, predict) at a small size."""
+    import json
+
     from ssast.cli import main
 
-    assert main(["demo", "--out", str(tmp_path), "--pretrain-steps", "2", "--finetune-steps", "2"]) == 0
-    pre = load(tmp_path / "pretrained.pt")
-    assert pre.stage == "pretrain"
-    released = torch.load(tmp_path / "pretrained_released.pth", weights_only=True)
-    assert "module.p_input_tdim" in released
-    clf = load(tmp_path / "finetuned.pt").require_classifier()
-    assert clf.labels == ["rising", "falling"]
-    assert clf.model(torch.randn(1, 128, 128)).shape == (1, 2)
+    assert main(["demo", "--out", str(tmp_path), "--words", "yes", "no", "--per-word", "8", "--silence", "4",
+                 "--unknown", "4", "--unlabeled", "8", "--pretrain-steps", "3", "--finetune-epochs", "1",
+                 "--recording-seconds", "8", "--events", "2"]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert 0.0 <= summary["test_acc"] <= 1.0 and summary["detection"]["events"] == 2
+    assert (tmp_path / "plots" / "recording.png").exists()
+    events = json.loads((tmp_path / "recording_events.json").read_text())
+    assert [e["label"] for e in events] and all(e["label"] in ("yes", "no") for e in events)
+    pre = load(tmp_path / "pretrain")
+    assert pre.stage == "pretrain" and pre.config.is_frame_model
+    clf = load(tmp_path / "finetune").require_classifier()
+    assert set(clf.labels) == {"yes", "no", "_silence_", "_unknown_"}
+    out = capsys.readouterr().out
+    assert "test accuracy" in out and "precision" in out and "recall" in out
