@@ -123,7 +123,7 @@ def run(out: str | Path = "demo_out", size: DemoSize = DemoSize(), seed: int = 0
         _cli("prep", "speechcommands", data, "--root", raw, log=log)
         _cli("shards", data / "speechcommand_train_data.json", shards / "train", "--max-count", 256,
              "--overwrite", "--no-progress", log=log)
-        _cli("shards", raw / "unlabeled", shards / "unlabeled", "--no-labeled", "--max-count", 256,
+        _cli("shards", raw / "_unlabeled_", shards / "unlabeled", "--no-labeled", "--max-count", 256,
              "--overwrite", "--no-progress", log=log)
     done("data")
 

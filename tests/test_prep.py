@@ -29,7 +29,7 @@ from ssast.prep import (
 )
 from ssast.prep.common import download, resample_file, sox_available
 from ssast.prep.fsd50k import merge_split_zip
-from ssast.sources import read_source, validate
+from ssast.sources import read_label_csv, read_source, validate
 
 
 def tone(path, sr=16000, seconds=0.2, freq=440.0, channels=1, subtype="PCM_16"):
@@ -428,6 +428,25 @@ def test_speechcommands_recipe(tmp_path):
             assert it.labels == (f"/m/spcmd{words.index(Path(it.path).parent.name):02d}",)
         assert not validate(s).bad
     assert res.counts == {"train": 6, "valid": 6, "eval": 6}
+
+
+def test_speechcommands_35_words_take_the_official_label_order(tmp_path):
+    """With the 35 words of V2, the label ids are the released models' (their CSV's order), not sorted."""
+    from ssast.prep.speechcommands import SPEECHCOMMANDS_V2_WORDS
+    from ssast.registry import label_names
+
+    root = tmp_path / "sc"
+    for i, w in enumerate(SPEECHCOMMANDS_V2_WORDS):
+        (root / w).mkdir(parents=True)
+        sf.write(str(root / w / f"{i:08x}_nohash_0.wav"), np.zeros(1600, dtype=np.float32), 16000)
+    (root / "validation_list.txt").write_text("")
+    (root / "testing_list.txt").write_text("")
+    prepare_speechcommands(tmp_path / "out", root=root)
+    ids, names = read_label_csv(tmp_path / "out" / "class_labels_indices.csv")
+    assert (ids, names) == label_names("speechcommands") and names != sorted(names)
+    train = read_source(tmp_path / "out" / "speechcommand_train_data.json")
+    for it in train.items:
+        assert names[ids.index(it.labels[0])] == Path(it.path).parent.name
 
 
 # ---------------------------------------------------------------- Librispeech

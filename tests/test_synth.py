@@ -96,6 +96,61 @@ def test_deterministic_for_a_seed(tmp_path):
     assert digest(tmp_path / "a") != digest(tmp_path / "c")
 
 
+@pytest.fixture(scope="module")
+def full_tree(tmp_path_factory):
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng not installed")
+    out = tmp_path_factory.mktemp("synth") / "speech"
+    result = synth_speech(out, words=["yes", "no"], per_word=6, repeats=2, seed=5, silence_clips=12,
+                          unknown_clips=12, unlabeled_clips=30)
+    return out, result
+
+
+def _energy_db(x: np.ndarray) -> np.ndarray:
+    frames = x[: len(x) // 160 * 160].reshape(-1, 160).astype(np.float64)
+    return 10 * np.log10((frames ** 2).mean(axis=1) + 1e-12)
+
+
+@needs_espeak
+def test_silence_unknown_and_unlabeled_pool(full_tree, tmp_path):
+    out, result = full_tree
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == \
+        ["_background_noise_", "_silence_", "_unknown_", "_unlabeled_", "no", "yes"]
+    assert result.classes == {"yes": 6, "no": 6, "_silence_": 12, "_unknown_": 12} and result.unlabeled == 30
+    speakers = {s.id for s in result.speakers}
+    # Unknown clips are other words by the labelled speakers, so they split with their speaker.
+    for p in (out / "_unknown_").iterdir():
+        assert p.name.split("_nohash_")[0] in speakers
+    # Silence has no word: no frame stands far above the clip's own median (speech rises 20+ dB).
+    for p in sorted((out / "_silence_").iterdir()):
+        e = _energy_db(sf.read(str(p))[0])
+        assert e.max() - np.median(e) < 12, p
+        assert re.fullmatch(r"[0-9a-f]{8}_nohash_0\.wav", p.name)
+    # The pool: 1 to 4 s clips, most of them speech, some noise alone, none in the lists or datafiles.
+    pool = sorted((out / "_unlabeled_").iterdir())
+    assert len(pool) == 30 and all(re.fullmatch(r"pool_\d{5}\.wav", p.name) for p in pool)
+    durations = [sf.info(str(p)).duration for p in pool]
+    assert min(durations) >= 1.0 and max(durations) <= 4.0 and max(durations) > 1.5
+    spoken = sum(np.ptp(_energy_db(sf.read(str(p))[0])) > 20 for p in pool)
+    assert 20 <= spoken < 30
+    listed = (out / "validation_list.txt").read_text() + (out / "testing_list.txt").read_text()
+    assert "_unlabeled_" not in listed
+    res = prepare_speechcommands(tmp_path / "p", root=out)
+    srcs = [read_source(tmp_path / "p" / f"speechcommand_{s}_data.json") for s in ("train", "valid", "eval")]
+    assert srcs[0].display_names == ["_silence_", "_unknown_", "no", "yes"] and res.problems == []
+    assert sum(len(s.items) for s in srcs) == 36
+    assert not any("_unlabeled_" in it.path for s in srcs for it in s.items)
+
+
+@needs_espeak
+def test_cli_classes_and_pool(tmp_path, capsys):
+    assert main(["synth-speech", str(tmp_path / "s"), "--words", "go", "--per-word", "3", "--repeats", "1",
+                 "--silence", "2", "--unknown", "3", "--unlabeled", "4", "--num-workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "8 clips of 1 words (2 _silence_, 3 _unknown_) by 3 speakers" in out and "4 unlabeled clips" in out
+    assert len(list((tmp_path / "s" / "_unlabeled_").glob("*.wav"))) == 4
+
+
 def test_missing_espeak_is_a_clear_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None)
     with pytest.raises(EspeakNotFound, match="apt-get install espeak-ng"):

@@ -85,7 +85,8 @@ def _synth(a) -> int:
 
     words = SPEECHCOMMANDS_V2_WORDS if a.all_words else a.words
     result = synth_speech(a.outdir, words=words, per_word=a.per_word, repeats=a.repeats, seed=a.seed,
-                          workers=a.workers, snr_db=tuple(a.snr), noise_prob=a.noise_prob)
+                          workers=a.workers, snr_db=tuple(a.snr), noise_prob=a.noise_prob, silence_clips=a.silence,
+                          unknown_clips=a.unknown, unlabeled_clips=a.unlabeled)
     print(result.summary())
     print(f"next: ssast prep speechcommands OUT --root {a.outdir}")
     return 0
@@ -115,7 +116,8 @@ def _common(p: argparse.ArgumentParser, root_help: str, archive: bool = True, re
     if resample:
         p.add_argument("--resampler", choices=RESAMPLERS, default="auto",
                        help="auto: sox when installed, as the official recipes do; else torchaudio")
-        p.add_argument("--workers", type=int, default=2, help="parallel resampling jobs (default 2)")
+        p.add_argument("--num-workers", "--workers", dest="workers", type=int, default=2,
+                       help="parallel resampling jobs (default 2)")
 
 
 def register(subparsers) -> None:
@@ -158,7 +160,8 @@ def register(subparsers) -> None:
     r.add_argument("--resample", action=argparse.BooleanOptionalAction, default=False,
                    help="write 16 kHz mono copies into OUT/audio_16k")
     r.add_argument("--resampler", choices=RESAMPLERS, default="auto")
-    r.add_argument("--workers", type=int, default=2)
+    r.add_argument("--num-workers", "--workers", dest="workers", type=int, default=2,
+                   help="parallel resampling jobs (default 2)")
     r.set_defaults(func=_run(_audioset))
 
     r = sub.add_parser("fsd50k", help="FSD50K: train/valid/eval, resampled to 16 kHz")
@@ -189,8 +192,16 @@ def register(subparsers) -> None:
     s.add_argument("--all-words", action="store_true", help="the 35 words of Speech Commands V2")
     s.add_argument("--per-word", type=int, default=40, help="clips per word (default 40)")
     s.add_argument("--repeats", type=int, default=2, help="clips per speaker and word (default 2)")
+    s.add_argument("--silence", type=int, default=0, metavar="N",
+                   help="N clips of background noise alone, class _silence_ (default 0)")
+    s.add_argument("--unknown", type=int, default=0, metavar="N",
+                   help="N clips of other words by the same speakers, class _unknown_ (default 0)")
+    s.add_argument("--unlabeled", type=int, default=0, metavar="N",
+                   help="N clips of unlabeled audio for pretraining in OUTDIR/_unlabeled_: other words, sentences "
+                        "and other voices, and noises (default 0)")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--workers", type=int, default=2)
+    s.add_argument("--num-workers", "--workers", dest="workers", type=int, default=2,
+                   help="parallel espeak-ng jobs (default 2)")
     s.add_argument("--snr", type=float, nargs=2, default=(5.0, 30.0), metavar=("MIN", "MAX"),
                    help="background-noise SNR range in dB (default 5 30)")
     s.add_argument("--noise-prob", type=float, default=0.8, help="fraction of clips with background noise")

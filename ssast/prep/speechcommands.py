@@ -4,8 +4,12 @@ The dataset is a folder per word of one-second 16 kHz wavs named ``<speaker>_noh
 ``validation_list.txt`` and ``testing_list.txt`` (paths ``word/file.wav``), and
 ``_background_noise_/``. As the official AST/SSAST recipe does: train is every word clip in
 neither list, valid and test come from the lists; the datafiles are
-``speechcommand_{train,valid,eval}_data.json`` (eval = the testing list). Word i of the sorted
-word folders gets the id ``/m/spcmd{i:02d}`` with the word as its display name.
+``speechcommand_{train,valid,eval}_data.json`` (eval = the testing list). The label ids are
+``/m/spcmdNN`` with the word as display name: for the 35 words of V2, in the order of the
+official label CSV (so a model fine-tuned here has the released models' outputs); for any other
+word set, word i of the sorted word folders gets ``/m/spcmd{i:02d}``. Folders ``_silence_`` and
+``_unknown_`` (made by :mod:`ssast.prep.synth`, or by hand) are classes like the words;
+``_background_noise_`` and ``_unlabeled_`` are not.
 
 The lists assign whole speakers to a split by a hash of the speaker id; :func:`which_set` is that
 rule (from the dataset's README), used by the generated dataset of :mod:`ssast.prep.synth`.
@@ -17,6 +21,7 @@ import os
 import re
 from pathlib import Path
 
+from ..registry import label_names
 from .common import (
     LABEL_CSV,
     Prepared,
@@ -33,6 +38,9 @@ SPEECHCOMMANDS_ARCHIVE = "speech_commands_v0.02.tar.gz"
 SPEECHCOMMANDS_DIR = "speech_commands_v0.02"
 BACKGROUND_NOISE = "_background_noise_"
 VALIDATION_LIST, TESTING_LIST = "validation_list.txt", "testing_list.txt"
+SILENCE, UNKNOWN = "_silence_", "_unknown_"  # optional classes: background alone, words that are not keywords
+UNLABELED = "_unlabeled_"  # optional pool of unlabeled clips for pretraining
+NOT_CLASSES = (BACKGROUND_NOISE, UNLABELED)
 # The 35 words of V2, for reference (the recipe uses the word folders it finds).
 SPEECHCOMMANDS_V2_WORDS = (
     "backward", "bed", "bird", "cat", "dog", "down", "eight", "five", "follow", "forward", "four", "go",
@@ -43,6 +51,14 @@ _MAX_PER_CLASS = 2 ** 27 - 1  # the hashing modulus of the official split rule
 
 def speechcommands_mid(index: int) -> str:
     return f"/m/spcmd{index:02d}"
+
+
+def label_ids(words: list[str]) -> dict[str, str]:
+    """word -> label id: the official CSV's ids for the 35 words of V2, else by sorted position."""
+    if sorted(words) == sorted(SPEECHCOMMANDS_V2_WORDS):
+        ids, names = label_names("speechcommands")
+        return dict(zip(names, ids))
+    return {w: speechcommands_mid(i) for i, w in enumerate(sorted(words))}
 
 
 def which_set(filename: str, validation_percentage: float = 10.0, testing_percentage: float = 10.0) -> str:
@@ -94,10 +110,11 @@ def prepare_speechcommands(out: str | os.PathLike, *, root: str | os.PathLike | 
         raise PrepError(f"{root}: not a Speech Commands tree: expected {VALIDATION_LIST} and {TESTING_LIST} "
                         "beside the word folders")
     words = sorted(d.name for d in root.iterdir()
-                   if d.is_dir() and d.name != BACKGROUND_NOISE and not d.name.startswith((".", "_")))
+                   if d.is_dir() and d.name not in NOT_CLASSES and not d.name.startswith("."))
     if not words:
         raise PrepError(f"{root}: no word folders")
-    mid = {w: speechcommands_mid(i) for i, w in enumerate(words)}
+    mid = label_ids(words)
+    words = sorted(words, key=mid.get)
 
     result = Prepared("speechcommands", out)
     all_clips = {f"{w}/{p.name}" for w in words for p in (root / w).iterdir()
