@@ -1,83 +1,145 @@
 #!/usr/bin/env bash
-# End to end on CPU, on the built-in speech data: pretrain a small model for a few minutes, then
-# fine-tune it and a randomly initialised twin with the same budget (same steps, seed and
-# settings), and print both test accuracies.
+# End to end on a CPU: pretrain a small frame model on unlabeled audio, fine-tune it and a
+# randomly initialised twin with the same budget (same steps, seed and settings: only --init
+# differs), score both on unseen speakers, and set them beside a logistic regression on pooled
+# log-mel statistics (benchmarks/logreg_baseline.py).
 #
-#   finetune/e2e_cpu.sh OUTDIR
+#   finetune/e2e_cpu.sh OUT [DATA]
 #
-# Knobs (environment): PER_WORD (clips per word, default 80), PRETRAIN_STEPS (default 2000),
-# EPOCHS (fine-tuning epochs, default 20), LR (fine-tuning rate, default 5e-4), MODEL (encoder
-# size JSON; default 4 blocks of width 192: the tiny model's width and a third of its depth, so
-# that a few CPU minutes give enough pretraining steps), FT_ARGS (more ssast finetune options for
-# both fine-tuning runs, e.g. "--head-lr 10") and FT_TAG (suffix of their folders, to compare
-# settings on one pretrained model: the pretraining run is resumed, i.e. reused, when it is done).
+# DATA (optional): any folder laid out as DATA/{train,valid,test}/<label>/*.wav, with an optional
+# DATA/unlabeled/ of audio without labels. Without DATA, the built-in set is generated into
+# OUT/data (ssast synth-speech: 10 command words, _silence_ and _unknown_, an unlabeled pool;
+# ssast prep speechcommands: test speakers unseen in training). Pretraining reads the unlabeled
+# audio and the training clips without their labels.
 #
-# Data: ssast synth-speech (10 command words, PER_WORD clips per word, 1-second clips) and ssast
-# prep speechcommands: 640 training, 80 validation and 80 test clips (test speakers are unseen
-# in training). Pretraining reads the training
-# clips without their labels (pretrain/run_smoke_cpu.sh: 2 processes, 16x16 patches on 128 mel
-# bins x 100 frames, an 8x6 grid, 36 of 48 patches masked). Fine-tuning: the same 16x16 patches
-# at stride 16 (no overlap: the pretraining grid, and a third of the tokens of stride 10), mean
-# of the patch tokens, the Speech Commands normalization, SpecAugment scaled to 1-second clips,
-# noise, no mixup, cross-entropy (the official recipe's BCE learns 10 classes more slowly, which
-# a budget of minutes cannot afford; see finetune/README.md).
+# Writes OUT/summary.json: {"pretrained": {"test_acc": ...}, "scratch": {"test_acc": ...},
+# "logreg": {"test_acc": ...}, "minutes": ..., "settings": {...}}. Run it again with the same
+# OUT to resume: finished stages are reused, a killed stage continues from its last checkpoint.
+#
+# Knobs (environment, defaults in brackets): PER_WORD [60] labelled clips per word, SILENCE and
+# UNKNOWN [60] clips of those classes, UNLABELED [2000] pool clips (built-in set only);
+# TARGET_LENGTH [100] frames per clip; MODEL [4 blocks of width 192] encoder JSON;
+# PRETRAIN_STEPS [1500], PRETRAIN_BATCH [32], PRETRAIN_LR [1e-3], MASK [30] masked frames of the
+# 50; FT_EPOCHS [15], FT_BATCH [32], FT_LR [5e-4]; FT_ARGS (more ssast finetune options for both
+# runs) and FT_TAG (suffix of their folders, to compare fine-tuning settings on one pretrained
+# model); THREADS [2] torch threads; PYTHON [python].
 set -euo pipefail
-if [ $# -ne 1 ]; then
-  echo "usage: $0 OUTDIR" >&2
+if [ $# -lt 1 ] || [ $# -gt 2 ]; then
+  echo "usage: $0 OUT [DATA]" >&2
   exit 2
 fi
 OUT=$1
+DATA=${2:-}
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 PYTHON=${PYTHON:-python}
-PER_WORD=${PER_WORD:-80}
-PRETRAIN_STEPS=${PRETRAIN_STEPS:-2000}
-EPOCHS=${EPOCHS:-20}
-LR=${LR:-5e-4}
+PER_WORD=${PER_WORD:-60}
+SILENCE=${SILENCE:-60}
+UNKNOWN=${UNKNOWN:-60}
+UNLABELED=${UNLABELED:-2000}
+TARGET_LENGTH=${TARGET_LENGTH:-100}
+PRETRAIN_STEPS=${PRETRAIN_STEPS:-1500}
+PRETRAIN_BATCH=${PRETRAIN_BATCH:-32}
+PRETRAIN_LR=${PRETRAIN_LR:-1e-3}
+MASK=${MASK:-30}
+FT_EPOCHS=${FT_EPOCHS:-15}
+FT_BATCH=${FT_BATCH:-32}
+FT_LR=${FT_LR:-5e-4}
+THREADS=${THREADS:-2}
+TAG=${FT_TAG:-}
+export OMP_NUM_THREADS=$THREADS
 mkdir -p "$OUT"
 MODEL=${MODEL:-$OUT/model.json}
 [ -f "$MODEL" ] || echo '{"embed_dim": 192, "depth": 4, "num_heads": 3, "num_prefix_tokens": 2}' > "$MODEL"
-
-# 1. Data, then pretraining with the smoke recipe (which makes the shards; resumable).
-SECONDS=0
-DATA=$OUT/pretrain/data
-if [ ! -f "$DATA/speechcommand_train_data.json" ]; then
-  rm -rf "$DATA/raw"
-  "$PYTHON" -m ssast.cli synth-speech "$DATA/raw" --per-word "$PER_WORD"
-  "$PYTHON" -m ssast.cli prep speechcommands "$DATA" --root "$DATA/raw"
-fi
-echo "data ready in ${SECONDS}s"
-SECONDS=0
-"$REPO/pretrain/run_smoke_cpu.sh" "$OUT/pretrain" --model-config "$MODEL" --max-steps "$PRETRAIN_STEPS" \
-  --valid-every 100 --save-every 100 --log-every 50 --warmup-steps 50 --no-progress
-echo "pretraining done in ${SECONDS}s"
-
-# 2. Fine-tuning from the pretrained model and from scratch: everything equal but --init.
-finetune() {
-  "$PYTHON" -m ssast.cli finetune --init "$1" --out "$2" \
-    --train "$DATA/speechcommand_train_data.json" --valid "$DATA/speechcommand_valid_data.json" \
-    --test "$DATA/speechcommand_eval_data.json" \
-    --fshape 16 --tshape 16 --fstride 16 --tstride 16 --target-length 100 \
-    --dataset-mean -6.845978 --dataset-std 5.5654526 --freqm 24 --timem 24 --mixup 0 --noise \
-    --task ft_avgtok --loss ce --metric acc --epochs "$EPOCHS" --batch-size 16 --lr "$LR" --head-lr 1 \
-    --warmup --warmup-steps 40 --lr-scheduler step --lr-scheduler-start 5 --lr-scheduler-step 1 --lr-decay 0.85 \
-    --seed 0 --num-workers 1 --device cpu --no-progress --log-every 20 ${FT_ARGS:-} "${@:3}"
+ssast() { "$PYTHON" -m ssast.cli "$@"; }
+START=$(date +%s)
+stage_start=$START
+stage_done() {
+  local now
+  now=$(date +%s)
+  echo "== $1 in $((now - stage_start)) s"
+  stage_start=$now
 }
-TAG=${FT_TAG:-}
-SECONDS=0
-finetune "$OUT/pretrain" "$OUT/ft_pretrained$TAG" --resume
-echo "fine-tuning (pretrained start) done in ${SECONDS}s"
-SECONDS=0
-finetune scratch "$OUT/ft_scratch$TAG" --model-config "$MODEL" --resume
-echo "fine-tuning (scratch) done in ${SECONDS}s"
 
-# 3. The two test accuracies (the results' test row: the best epoch's model on the test set).
-"$PYTHON" - "$OUT" "$TAG" <<'EOF'
-import csv, sys
-out, tag = sys.argv[1], sys.argv[2]
-for name in ("ft_pretrained" + tag, "ft_scratch" + tag):
-    rows = list(csv.DictReader(open(f"{out}/{name}/results.csv")))
+# 1. Data.
+if [ -z "$DATA" ]; then
+  D=$OUT/data
+  if [ ! -f "$D/speechcommand_train_data.json" ]; then
+    rm -rf "$D/raw"
+    ssast synth-speech "$D/raw" --per-word "$PER_WORD" --silence "$SILENCE" --unknown "$UNKNOWN" \
+      --unlabeled "$UNLABELED" --num-workers "$THREADS"
+    ssast prep speechcommands "$D" --root "$D/raw"
+  fi
+  TRAIN=$D/speechcommand_train_data.json VALID=$D/speechcommand_valid_data.json TEST=$D/speechcommand_eval_data.json
+  UNLABELED_SRC=$D/raw/_unlabeled_
+else
+  for split in train valid test; do
+    if [ ! -d "$DATA/$split" ]; then
+      echo "$0: $DATA/$split: no such folder (expected DATA/{train,valid,test}/<label>/*.wav)" >&2
+      exit 2
+    fi
+  done
+  TRAIN=$DATA/train VALID=$DATA/valid TEST=$DATA/test
+  UNLABELED_SRC=$DATA/unlabeled
+fi
+PRETRAIN_SRC=("$TRAIN")
+[ -d "$UNLABELED_SRC" ] && PRETRAIN_SRC+=("$UNLABELED_SRC")
+# One normalization for both stages: the training clips' own statistics.
+if [ ! -f "$OUT/stats.json" ]; then
+  ssast stats "$TRAIN" --target-length "$TARGET_LENGTH" --json "$OUT/stats.json" --no-progress
+fi
+read -r MEAN STD < <("$PYTHON" -c 'import json, sys; s = json.load(open(sys.argv[1])); print(s["mean"], s["std"])' \
+  "$OUT/stats.json")
+stage_done "data (mean $MEAN, std $STD)"
+
+# 2. Pretraining: joint masked-frame classification and reconstruction, 128x2 frame patches.
+at_least_1() { echo $(( $1 > 0 ? $1 : 1 )); }
+FEATURES=(--target-length "$TARGET_LENGTH" --mean "$MEAN" --std "$STD")
+ENGINE=(--device cpu --num-workers 1 --no-progress --seed 0)
+ssast pretrain --train "${PRETRAIN_SRC[@]}" --valid "$VALID" --out "$OUT/pretrain" --model-config "$MODEL" \
+  --fshape 128 --tshape 2 "${FEATURES[@]}" --mask-patch "$MASK" --max-steps "$PRETRAIN_STEPS" \
+  --batch-size "$PRETRAIN_BATCH" --lr "$PRETRAIN_LR" --warmup-steps "$(at_least_1 $((PRETRAIN_STEPS / 10)))" \
+  --valid-every "$(at_least_1 $((PRETRAIN_STEPS / 5)))" --save-every "$(at_least_1 $((PRETRAIN_STEPS / 5)))" \
+  --keep-last 1 --log-every "$(at_least_1 $((PRETRAIN_STEPS / 10)))" --resume "${ENGINE[@]}"
+stage_done "pretraining"
+
+# 3. Fine-tuning from the pretrained model and from scratch: everything equal but --init.
+finetune() {
+  ssast finetune --init "$1" --out "$2" --train "$TRAIN" --valid "$VALID" --test "$TEST" \
+    --fshape 128 --tshape 2 --fstride 128 --tstride 2 "${FEATURES[@]}" \
+    --freqm 24 --timem 20 --mixup 0 --noise --task ft_avgtok --loss ce --metric acc \
+    --epochs "$FT_EPOCHS" --batch-size "$FT_BATCH" --lr "$FT_LR" --warmup --warmup-steps 50 \
+    --lr-scheduler cosine --log-every 20 --resume "${ENGINE[@]}" ${FT_ARGS:-} "${@:3}"
+}
+finetune "$OUT/pretrain" "$OUT/ft_pretrained$TAG"
+stage_done "fine-tuning from the pretrained model"
+finetune scratch "$OUT/ft_scratch$TAG" --model-config "$MODEL"
+stage_done "fine-tuning from scratch"
+
+# 4. The baseline, and the summary.
+[ -f "$OUT/logreg.json" ] || "$PYTHON" "$REPO/benchmarks/logreg_baseline.py" --train "$TRAIN" --valid "$VALID" \
+  --test "$TEST" --json "$OUT/logreg.json"
+export DATA PER_WORD SILENCE UNKNOWN UNLABELED TARGET_LENGTH PRETRAIN_STEPS PRETRAIN_BATCH PRETRAIN_LR MASK \
+  FT_EPOCHS FT_BATCH FT_LR FT_ARGS THREADS MODEL
+"$PYTHON" - "$OUT" "$TAG" "$(( $(date +%s) - START ))" <<'EOF'
+import csv, json, os, sys
+out, tag, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+summary = {}
+for key, name in (("pretrained", "ft_pretrained" + tag), ("scratch", "ft_scratch" + tag)):
+    rows = list(csv.DictReader(open(f"{out}/{name}/results.csv", newline="")))
     test = [r for r in rows if r["split"] == "test"][-1]
-    best = max(float(r["acc"]) for r in rows if r["split"] == "valid")
-    print(f"{name:14s} test accuracy {float(test['acc']):.4f} (best epoch {test['epoch']}, valid accuracy {best:.4f})")
+    valid = [float(r["acc"]) for r in rows if r["split"] == "valid"]
+    summary[key] = {"test_acc": float(test["acc"]), "best_valid_acc": max(valid), "best_epoch": int(test["epoch"]),
+                    "run": f"{out}/{name}"}
+summary["logreg"] = {k: v for k, v in json.load(open(f"{out}/logreg.json")).items() if k in ("test_acc", "valid_acc")}
+summary["minutes"] = round(seconds / 60, 2)
+knobs = ("DATA", "PER_WORD", "SILENCE", "UNKNOWN", "UNLABELED", "TARGET_LENGTH", "PRETRAIN_STEPS", "PRETRAIN_BATCH",
+         "PRETRAIN_LR", "MASK", "FT_EPOCHS", "FT_BATCH", "FT_LR", "FT_ARGS", "THREADS")
+summary["settings"] = {k.lower(): os.environ.get(k, "") for k in knobs}
+summary["settings"]["model"] = json.load(open(os.environ["MODEL"]))
+json.dump(summary, open(f"{out}/summary.json", "w"), indent=1)
+for key in ("pretrained", "scratch", "logreg"):
+    print(f"{key:10s} test accuracy {summary[key]['test_acc']:.4f}")
+print(f"gain of pretraining {summary['pretrained']['test_acc'] - summary['scratch']['test_acc']:+.4f}; "
+      f"{summary['minutes']:.1f} min in all; {out}/summary.json")
 EOF

@@ -131,6 +131,28 @@ class _Log:
         pass
 
 
+def test_layer_decay_groups():
+    """Block i of L at decay**(L - i); embeddings at decay**(L + 1); the final norm at 1; every parameter once."""
+    model = ASTModel(config=tiny_config(stage="finetune", label_dim=3))
+    depth = model.config.depth
+    groups = param_groups(model, head_lr=10.0, freeze_encoder=False, layer_decay=0.5)
+    scale_of = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
+    assert len(scale_of) == sum(1 for _ in model.parameters()) == sum(len(g["params"]) for g in groups)
+    for name, p in model.named_parameters():
+        if name.startswith("mlp_head."):
+            want = 10.0
+        elif name.startswith("v.blocks."):
+            want = 0.5 ** (depth - int(name.split(".")[2]))
+        elif name.startswith("v.norm."):
+            want = 1.0
+        else:  # patch projection, prefix tokens, positional embedding
+            want = 0.5 ** (depth + 1)
+        assert scale_of[id(p)] == pytest.approx(want), name
+    assert [g["name"] for g in param_groups(model, 1.0, False)] == ["encoder", "mlp_head"]
+    with pytest.raises(ValueError, match="layer decay"):
+        param_groups(model, 1.0, False, layer_decay=1.5)
+
+
 @pytest.mark.parametrize("freeze", [False, True])
 def test_head_lr_multiplier_in_loop(freeze):
     from ssast.engine.config import TrainSettings

@@ -66,6 +66,7 @@ def build_config(a) -> FinetuneConfig:
         model_size=a.model_size, model_config=options.read_model_config(a.model_config), fshape=a.fshape,
         tshape=a.tshape, fstride=a.fstride, tstride=a.tstride, task=a.task, features=feature_config(a),
         augment=AugmentConfig(**aug), epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, head_lr=a.head_lr,
+        layer_decay=a.layer_decay,
         weight_decay=a.weight_decay, betas=tuple(a.betas), warmup=a.warmup, warmup_steps=a.warmup_steps,
         schedule=a.lr_scheduler, lr_scheduler_start=a.lr_scheduler_start, lr_scheduler_step=a.lr_scheduler_step,
         lr_decay=a.lr_decay, freeze_encoder=a.freeze_encoder, loss=a.loss, metric=a.metric, multilabel=a.multilabel,
@@ -120,6 +121,8 @@ def register(subparsers) -> None:
     g.add_argument("--batch-size", type=int, default=48, help="micro batch per process (default 48)")
     g.add_argument("--lr", type=float, default=1e-4)
     g.add_argument("--head-lr", type=float, default=1.0, help="mlp_head learning-rate multiplier (ESC-50: 10)")
+    g.add_argument("--layer-decay", type=float, default=1.0,
+                   help="layer-wise rate decay: block i of L at DECAY**(L - i) times the rate (default 1: off)")
     g.add_argument("--weight-decay", type=float, default=5e-7)
     g.add_argument("--betas", type=float, nargs=2, default=(0.95, 0.999), metavar=("B1", "B2"))
     g.add_argument("--warmup", action=B, default=False, help="linear warm-up over --warmup-steps (default off)")

@@ -27,6 +27,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -95,6 +96,7 @@ class FinetuneConfig:
     batch_size: int = 48
     lr: float = 1e-4
     head_lr: float = 1.0
+    layer_decay: float = 1.0
     weight_decay: float = 5e-7
     betas: tuple[float, float] = (0.95, 0.999)
     warmup: bool = False
@@ -186,16 +188,39 @@ def build_model(cfg: FinetuneConfig, label_dim: int) -> tuple[ASTModel, str]:
     return model, loading.initialize(model, ckpt)
 
 
-def param_groups(model, head_lr: float, freeze_encoder: bool) -> list[dict]:
-    """Adam parameter groups: the encoder (unless frozen) and ``mlp_head`` at ``head_lr`` times the rate."""
+def encoder_layer(name: str, depth: int) -> int:
+    """Depth of an encoder parameter for layer-wise rate decay: 0 for the patch projection, the
+    prefix tokens and the positional embedding, i + 1 for block i, depth + 1 for the final norm."""
+    m = re.match(r"v\.blocks\.(\d+)\.", name)
+    if m:
+        return int(m.group(1)) + 1
+    return depth + 1 if name.startswith("v.norm.") else 0
+
+
+def param_groups(model, head_lr: float, freeze_encoder: bool, layer_decay: float = 1.0) -> list[dict]:
+    """Adam parameter groups: the encoder (unless frozen) and ``mlp_head`` at ``head_lr`` times the rate.
+
+    With ``layer_decay`` < 1 (layer-wise rate decay, as in BEiT and MAE fine-tuning), the encoder
+    is one group per depth, layer ``l`` of ``L + 1`` at ``layer_decay ** (L + 1 - l)`` times the
+    rate: the layers nearest the input, which a pretrained model has learnt best, move least.
+    """
     head = [p for n, p in model.named_parameters() if n.startswith("mlp_head.")]
-    body = [p for n, p in model.named_parameters() if not n.startswith("mlp_head.")]
+    body = [(n, p) for n, p in model.named_parameters() if not n.startswith("mlp_head.")]
+    head_group = {"params": head, "lr_scale": head_lr, "name": "mlp_head"}
     if freeze_encoder:
-        for p in body:
+        for _, p in body:
             p.requires_grad_(False)
-        return [{"params": head, "lr_scale": head_lr, "name": "mlp_head"}]
-    return [{"params": body, "lr_scale": 1.0, "name": "encoder"},
-            {"params": head, "lr_scale": head_lr, "name": "mlp_head"}]
+        return [head_group]
+    if layer_decay == 1.0:
+        return [{"params": [p for _, p in body], "lr_scale": 1.0, "name": "encoder"}, head_group]
+    if not 0.0 < layer_decay < 1.0:
+        raise ValueError(f"layer decay must be in (0, 1], got {layer_decay}")
+    depth = model.config.depth
+    by_layer: dict[int, list] = {}
+    for n, p in body:
+        by_layer.setdefault(encoder_layer(n, depth), []).append(p)
+    return [{"params": by_layer[k], "lr_scale": layer_decay ** (depth + 1 - k), "name": f"encoder.{k}"}
+            for k in sorted(by_layer)] + [head_group]
 
 
 # ----------------------------------------------------------------------------- results
@@ -263,7 +288,7 @@ def _run(cfg: FinetuneConfig, dist) -> int:
                          "gathered weights for the exports and the final evaluation)")
     seed_run(cfg.seed)
     model, init_text = build_model(cfg, len(labels))
-    groups = param_groups(model, cfg.head_lr, cfg.freeze_encoder)
+    groups = param_groups(model, cfg.head_lr, cfg.freeze_encoder, cfg.layer_decay)
     engine = build_engine(model, groups, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas,
                           ds_config=ds_config)
     seed_rank(cfg.seed, dist.rank)
