@@ -76,8 +76,7 @@ SIZES = {
 # communication op (about a minute), hence the resume part's margin.
 PARTS = {
     "resume": (("a",), ("torch", "timm", "deepspeed", "numpy", "soundfile"), (130, 220)),
-    "pretrain": (("b1", "b3"), ("torch", "timm"), (80, 40)),
-    "pretrain_compiled": (("b2", "b4"), ("torch", "timm"), (170, 150)),
+    "pretrain": (("b1", "b3", "b2", "b4"), ("torch", "timm"), (250, 190)),
     "fbank": (("c",), ("torch",), (20, 20)),
     "finetune": (("d1", "d2", "d3", "d4"), ("torch", "timm", "transformers", "safetensors"), (80, 40)),
 }
@@ -155,8 +154,9 @@ def largest_batch(try_batch, batches) -> tuple[int, list[int]]:
         except Exception as e:  # noqa: BLE001 - only out-of-memory errors are caught, the rest re-raised
             if not is_oom(e):
                 raise
-            too_big.append(b)
-            free_memory()
+        # Out of the except block: the error's traceback, which holds the step's tensors, is gone.
+        too_big.append(b)
+        free_memory()
     raise RuntimeError(f"no batch fits in memory (tried {', '.join(map(str, batches))})")
 
 
@@ -374,7 +374,8 @@ def part_resume(size: dict, device, work: Path, emit, time_scale: float = 1.0) -
 
 # ----------------------------------------------------------------------------- b. pretraining throughput
 
-def _pretrain_rows(size: dict, device, emit, compiled: bool, batches: dict[str, int] | None) -> None:
+def _pretrain_rows(size: dict, device, emit, compiled: bool, batches: dict[str, int] | None) -> dict[str, int]:
+    """The rows of both schedules, eager or compiled; returns the batch each one ran at."""
     import torch
     from pretrain_step import make_step
 
@@ -384,6 +385,7 @@ def _pretrain_rows(size: dict, device, emit, compiled: bool, batches: dict[str, 
     s = size
     peak = peak_bf16_flops(device_name(device)) if device.type == "cuda" else None
     rows = {"single-pass": "b2" if compiled else "b1", "two-pass": "b4" if compiled else "b3"}
+    found = {}
     for schedule, row in rows.items():
         try:
             torch.manual_seed(0)
@@ -407,6 +409,7 @@ def _pretrain_rows(size: dict, device, emit, compiled: bool, batches: dict[str, 
             t0 = time.perf_counter()
             batch, too_big = largest_batch(step_at, candidates)
             first = time.perf_counter() - t0
+            found[schedule] = batch
             step = step_at(batch, 0)
             if flops is None:
                 flops = step_flops(step) / batch
@@ -428,14 +431,14 @@ def _pretrain_rows(size: dict, device, emit, compiled: bool, batches: dict[str, 
         finally:
             model = opt = None
             free_memory()
+    return found
 
 
 def part_pretrain(size, device, work, emit) -> None:
-    _pretrain_rows(size, device, emit, compiled=False, batches=None)
-
-
-def part_pretrain_compiled(size, device, work, emit, batches=None) -> None:
-    _pretrain_rows(size, device, emit, compiled=True, batches=batches)
+    """Eager, then compiled from the largest batches that fitted eager (the rows are written as
+    they are measured, so a compilation that fails or hangs leaves the eager rows)."""
+    found = _pretrain_rows(size, device, emit, compiled=False, batches=None)
+    _pretrain_rows(size, device, emit, compiled=True, batches=found)
 
 
 # ----------------------------------------------------------------------------- c. features
@@ -572,7 +575,7 @@ def child(a) -> int:
     device = torch.device("cpu" if a.cpu else "cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA GPU is visible to torch; run with --cpu for the CPU check")
-    size = SIZES["cpu" if a.cpu else "gpu"][a.child.removesuffix("_compiled")]
+    size = SIZES["cpu" if a.cpu else "gpu"][a.child]
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     failed = False
@@ -587,9 +590,7 @@ def child(a) -> int:
               flush=True)
 
     fn = globals()[f"part_{a.child}"]
-    kwargs = {"batches": json.loads(a.batches)} if a.batches else {}
-    if a.child == "resume":
-        kwargs["time_scale"] = a.time_scale
+    kwargs = {"time_scale": a.time_scale} if a.child == "resume" else {}
     try:
         fn(size, device, work, emit, **kwargs)
     except Exception as e:  # noqa: BLE001 - every row of the part not yet written carries the error
@@ -603,7 +604,7 @@ def child(a) -> int:
 
 # ----------------------------------------------------------------------------- the driver
 
-def run_part(name: str, a, work: Path, batches: dict | None) -> list[dict]:
+def run_part(name: str, a, work: Path) -> list[dict]:
     rows, needs, limits = PARTS[name]
     missing = [m for m in needs if importlib.util.find_spec(m) is None]
     if missing:
@@ -612,9 +613,11 @@ def run_part(name: str, a, work: Path, batches: dict | None) -> list[dict]:
     result, log = work / f"{name}.jsonl", work / f"{name}.log"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--result", str(result),
            "--work", str(work / name), "--time-scale", str(a.time_scale)] + (["--cpu"] if a.cpu else [])
-    if batches:
-        cmd += ["--batches", json.dumps(batches)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    if a.cpu:
+        # One thread per process: tiny steps on two threads stall for tenths of a second whenever
+        # another process takes a core of a shared machine.
+        env["OMP_NUM_THREADS"] = "1"
     limit = limits[1 if a.cpu else 0] * a.time_scale
     t0 = time.time()
     print(f"gpu_check: {name} (rows {', '.join(rows)}; at most {limit:g} s)", file=sys.stderr, flush=True)
@@ -674,11 +677,7 @@ def driver(a) -> int:
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
         work = Path(tmp)
         for name in a.parts:
-            batches = None
-            if name == "pretrain_compiled":  # start from the batches the eager runs found
-                batches = {s: results[r]["batch"] for s, r in (("single-pass", "b1"), ("two-pass", "b3"))
-                           if r in results and "error" not in results[r]}
-            for r in run_part(name, a, work, batches):
+            for r in run_part(name, a, work):
                 results[r["row"]] = r
     rows = [results[r] for r in ROW_ORDER if r in results]
     devices = sorted({r["device"] for r in rows if "device" in r})
@@ -713,7 +712,6 @@ def main(argv=None) -> int:
     p.add_argument("--child", choices=tuple(PARTS), help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
-    p.add_argument("--batches", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     return child(a) if a.child else driver(a)
 

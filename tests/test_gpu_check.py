@@ -100,14 +100,15 @@ def test_largest_batch_steps_down_on_out_of_memory(gpu_check):
 def test_failing_parts_leave_the_other_rows(tmp_path, gpu_check, monkeypatch):
     """A part whose package is missing and a part past its time limit fail in their rows; the
     fbank row is still measured, the table still written, and the exit status is 1."""
-    monkeypatch.setitem(gpu_check.PARTS, "pretrain", (("b1", "b3"), ("torch", "no_such_package_here"), (80, 40)))
-    monkeypatch.setitem(gpu_check.PARTS, "pretrain_compiled", (("b2", "b4"), ("torch",), (0.5, 0.5)))
-    code = gpu_check.main(["--cpu", "--out", str(tmp_path), "--parts", "pretrain", "pretrain_compiled", "fbank"])
+    monkeypatch.setitem(gpu_check.PARTS, "resume", (("a",), ("torch", "no_such_package_here"), (130, 220)))
+    monkeypatch.setitem(gpu_check.PARTS, "pretrain", (("b1", "b3", "b2", "b4"), ("torch",), (0.5, 0.5)))
+    code = gpu_check.main(["--cpu", "--out", str(tmp_path), "--parts", "resume", "pretrain", "fbank"])
     assert code == 1
     rows = _cells((tmp_path / "gpu_check.txt").read_text())
-    assert list(rows) == ["b1", "b2", "b3", "b4", "c"]
-    for name in ("b1", "b3"):
-        assert "FAILED: not installed" in rows[name][-1] and "no_such_package_here" in rows[name][-1]
-    for name in ("b2", "b4"):
+    assert list(rows) == ["a", "b1", "b2", "b3", "b4", "c"]
+    assert "FAILED: not installed" in rows["a"][-1] and "no_such_package_here" in rows["a"][-1]
+    for name in ("b1", "b2", "b3", "b4"):
         assert "FAILED: timed out after 0.5 s" in rows[name][-1]
     assert _number(rows["c"][3]) > 0 and "FAILED" not in rows["c"][-1]
+    info = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert [r["row"] for r in info["rows"] if "error" in r] == ["a", "b1", "b2", "b3", "b4"]
