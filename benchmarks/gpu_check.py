@@ -264,6 +264,12 @@ def _tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
+def _failure(what: str, log: Path) -> str:
+    """``what``, the log's last line on the same line (the table shows the first), then its tail."""
+    tail = _tail(log)
+    return f"{what}: {tail.splitlines()[-1] if tail else 'no output'}\n{tail}"
+
+
 def _write_clips(folder: Path, n: int, seconds: float, sample_rate: int = 16000) -> Path:
     """``n`` clips of tones in noise and a JSON datafile listing them."""
     import numpy as np
@@ -321,9 +327,10 @@ def part_resume(size: dict, device, work: Path, emit, time_scale: float = 1.0) -
                 break
             time.sleep(0.05)
         if proc.poll() is not None:
-            raise RuntimeError(f"ssast pretrain exited ({proc.returncode}) before its first checkpoint:\n{_tail(log1)}")
+            raise RuntimeError(_failure(f"ssast pretrain exited with {proc.returncode} before its first checkpoint",
+                                        log1))
         if time.time() >= deadline:
-            raise TimeoutError(f"ssast pretrain passed no checkpoint in {run_timeout:g} s:\n{_tail(log1)}")
+            raise TimeoutError(_failure(f"ssast pretrain passed no checkpoint in {run_timeout:g} s", log1))
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -343,9 +350,9 @@ def part_resume(size: dict, device, work: Path, emit, time_scale: float = 1.0) -
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        raise TimeoutError(f"ssast pretrain --resume did not finish in {run_timeout:g} s:\n{_tail(log2)}") from None
+        raise TimeoutError(_failure(f"ssast pretrain --resume did not finish in {run_timeout:g} s", log2)) from None
     if code != 0:
-        raise RuntimeError(f"ssast pretrain --resume exited with {code}:\n{_tail(log2)}")
+        raise RuntimeError(_failure(f"ssast pretrain --resume exited with {code}", log2))
     found = re.findall(r"resumed from (\S+) at step (\d+)", (run / "train.log").read_text(encoding="utf-8"))
     if not found:
         raise RuntimeError(f"{run / 'train.log'}: the resumed run logged no 'resumed from ... at step N'")
@@ -403,12 +410,20 @@ def _pretrain_rows(size: dict, device, emit, compiled: bool, batches: dict[str, 
             start = (batches or {}).get(schedule)
             candidates = [b for b in s["batches"] if start is None or b <= start]
             flops = None
+            # A hook on a block's attention: run eagerly, it records False at every call; compiled,
+            # it records True while torch.compile traces the block and nothing once the compiled
+            # code runs (or when the code compiled for an earlier model is reused).
+            traced = []
             if compiled:  # counted on the eager model, before the blocks are compiled
                 flops = step_flops(step_at(candidates[-1], 0)) / candidates[-1]
+                model.v.blocks[0].attn.register_forward_pre_hook(
+                    lambda module, args: traced.append(torch.compiler.is_compiling()))
                 compile_encoder(model, enabled=True, mode=None)
             t0 = time.perf_counter()
             batch, too_big = largest_batch(step_at, candidates)
             first = time.perf_counter() - t0
+            if compiled and not all(traced):
+                raise RuntimeError("compile_encoder left the encoder's blocks eager (they ran outside torch.compile)")
             found[schedule] = batch
             step = step_at(batch, 0)
             if flops is None:
@@ -423,7 +438,7 @@ def _pretrain_rows(size: dict, device, emit, compiled: bool, batches: dict[str, 
             if compiled:
                 note += f"; first steps {first:.1f} s (compiling)"
             emit({"row": row, "batch": batch, "clips_per_s": batch / sec, "seconds_per_step": sec,
-                  "flops_per_clip": flops, "tflops": achieved / 1e12,
+                  "compiled": compiled and all(traced), "flops_per_clip": flops, "tflops": achieved / 1e12,
                   "peak_fraction": None if peak is None else achieved / peak, "peak_gb": peak_gb(device),
                   "note": note})
         except Exception as e:  # noqa: BLE001 - the row carries the error, the other rows still run
