@@ -112,3 +112,12 @@ def test_failing_parts_leave_the_other_rows(tmp_path, gpu_check, monkeypatch):
     assert _number(rows["c"][3]) > 0 and "FAILED" not in rows["c"][-1]
     info = json.loads((tmp_path / "gpu_check.json").read_text())
     assert [r["row"] for r in info["rows"] if "error" in r] == ["a", "b1", "b2", "b3", "b4"]
+
+
+@pytest.mark.parametrize("name,peak", [
+    ("NVIDIA H200", 989e12), ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 SXM5 80GB", 989e12),
+    ("NVIDIA H100 PCIe", 756e12), ("NVIDIA A100-SXM4-80GB", 312e12), ("NVIDIA L40S", 362e12),
+    ("Some Other GPU", None),
+])
+def test_peak_bf16_flops_by_device_name(gpu_check, name, peak):
+    assert gpu_check.peak_bf16_flops(name) == peak
