@@ -532,7 +532,8 @@ def part_finetune(size: dict, device, work: Path, emit) -> None:
                 m.zero_grad(set_to_none=True)  # the step's gradients count as its own
             gb = own_peak_gb(device, step, tensor_bytes(models[name], opts[name]))
             emit({"row": row, "batch": batch, "clips_per_s": batch / sec, "peak_gb": gb,
-                  "note": geometry + (f"; {t_theirs / t_ours:.2f}x transformers" if name == "ssast" else "")})
+                  "note": geometry + (f"; {t_theirs / t_ours:.2f}x transformers" if name == "ssast" else "")
+                  + (f"; batch {too_big[-1]} did not fit" if too_big else "")})
     except Exception as e:  # noqa: BLE001 - the rows carry the error, inference still runs
         for row in ("d1", "d2"):
             emit(error_row(row, e))
@@ -564,7 +565,8 @@ def part_finetune(size: dict, device, work: Path, emit) -> None:
         for row, name, fn, sec in (("d3", "ssast", a, t_ours), ("d4", "transformers", b, t_theirs)):
             gb = own_peak_gb(device, fn, tensor_bytes(models[name]))
             emit({"row": row, "batch": batch, "clips_per_s": batch / sec, "peak_gb": gb,
-                  "note": geometry + (f"; {t_theirs / t_ours:.2f}x transformers" if name == "ssast" else "")})
+                  "note": geometry + (f"; {t_theirs / t_ours:.2f}x transformers" if name == "ssast" else "")
+                  + (f"; batch {too_big[-1]} did not fit" if too_big else "")})
     except Exception as e:  # noqa: BLE001
         for row in ("d3", "d4"):
             emit(error_row(row, e))
