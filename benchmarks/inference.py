@@ -51,13 +51,14 @@ def main() -> None:
     import transformers
 
     from ssast.hf import export_hf
+    from ssast.loading import from_model
 
     torch.manual_seed(0)
     ours = ASTModel(label_dim=args.labels, fshape=16, tshape=16, fstride=10, tstride=10, input_tdim=args.frames,
                     model_size=args.size, pretrain_stage=False)
     ours.config.default_task = "ft_cls"
     with tempfile.TemporaryDirectory() as d:
-        export_hf(ours, d)
+        export_hf(from_model(ours, multilabel=True), d)
         theirs = transformers.ASTForAudioClassification.from_pretrained(d, attn_implementation="sdpa")
     ours, theirs = ours.eval().to(args.device), theirs.eval().to(args.device)
     x = torch.randn(args.batch, args.frames, 128, device=args.device)
