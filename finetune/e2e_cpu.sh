@@ -16,7 +16,8 @@
 # "logreg": {"test_acc": ...}, "minutes": ..., "settings": {...}}. Run it again with the same
 # OUT to resume: finished stages are reused, a killed stage continues from its last checkpoint.
 #
-# Knobs (environment, defaults in brackets): PER_WORD [60] labelled clips per word, SILENCE and
+# Knobs (environment, defaults in brackets): PER_WORD [60] labelled clips per word, REPEATS [1]
+# clips per speaker and word (1: PER_WORD speakers), SILENCE and
 # UNKNOWN [60] clips of those classes, UNLABELED [2000] pool clips (built-in set only);
 # TARGET_LENGTH [100] frames per clip; MODEL [4 blocks of width 192] encoder JSON;
 # PRETRAIN_STEPS [1500], PRETRAIN_BATCH [32], PRETRAIN_LR [1e-3], MASK [30] masked frames of the
@@ -34,6 +35,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 PYTHON=${PYTHON:-python}
 PER_WORD=${PER_WORD:-60}
+REPEATS=${REPEATS:-1}
 SILENCE=${SILENCE:-60}
 UNKNOWN=${UNKNOWN:-60}
 UNLABELED=${UNLABELED:-2000}
@@ -66,7 +68,7 @@ if [ -z "$DATA" ]; then
   D=$OUT/data
   if [ ! -f "$D/speechcommand_train_data.json" ]; then
     rm -rf "$D/raw"
-    ssast synth-speech "$D/raw" --per-word "$PER_WORD" --silence "$SILENCE" --unknown "$UNKNOWN" \
+    ssast synth-speech "$D/raw" --per-word "$PER_WORD" --repeats "$REPEATS" --silence "$SILENCE" --unknown "$UNKNOWN" \
       --unlabeled "$UNLABELED" --num-workers "$THREADS"
     ssast prep speechcommands "$D" --root "$D/raw"
   fi
@@ -100,7 +102,7 @@ ssast pretrain --train "${PRETRAIN_SRC[@]}" --valid "$VALID" --out "$OUT/pretrai
   --fshape 128 --tshape 2 "${FEATURES[@]}" --mask-patch "$MASK" --max-steps "$PRETRAIN_STEPS" \
   --batch-size "$PRETRAIN_BATCH" --lr "$PRETRAIN_LR" --warmup-steps "$(at_least_1 $((PRETRAIN_STEPS / 10)))" \
   --valid-every "$(at_least_1 $((PRETRAIN_STEPS / 5)))" --save-every "$(at_least_1 $((PRETRAIN_STEPS / 5)))" \
-  --keep-last 1 --log-every "$(at_least_1 $((PRETRAIN_STEPS / 10)))" --resume "${ENGINE[@]}"
+  --keep-last 5 --log-every "$(at_least_1 $((PRETRAIN_STEPS / 10)))" --resume "${ENGINE[@]}"
 stage_done "pretraining"
 
 # 3. Fine-tuning from the pretrained model and from scratch: everything equal but --init.
@@ -119,7 +121,7 @@ stage_done "fine-tuning from scratch"
 # 4. The baseline, and the summary.
 [ -f "$OUT/logreg.json" ] || "$PYTHON" "$REPO/benchmarks/logreg_baseline.py" --train "$TRAIN" --valid "$VALID" \
   --test "$TEST" --json "$OUT/logreg.json"
-export DATA PER_WORD SILENCE UNKNOWN UNLABELED TARGET_LENGTH PRETRAIN_STEPS PRETRAIN_BATCH PRETRAIN_LR MASK \
+export DATA PER_WORD REPEATS SILENCE UNKNOWN UNLABELED TARGET_LENGTH PRETRAIN_STEPS PRETRAIN_BATCH PRETRAIN_LR MASK \
   FT_EPOCHS FT_BATCH FT_LR FT_ARGS THREADS MODEL
 "$PYTHON" - "$OUT" "$TAG" "$(( $(date +%s) - START ))" <<'EOF'
 import csv, json, os, sys
@@ -133,7 +135,7 @@ for key, name in (("pretrained", "ft_pretrained" + tag), ("scratch", "ft_scratch
                     "run": f"{out}/{name}"}
 summary["logreg"] = {k: v for k, v in json.load(open(f"{out}/logreg.json")).items() if k in ("test_acc", "valid_acc")}
 summary["minutes"] = round(seconds / 60, 2)
-knobs = ("DATA", "PER_WORD", "SILENCE", "UNKNOWN", "UNLABELED", "TARGET_LENGTH", "PRETRAIN_STEPS", "PRETRAIN_BATCH",
+knobs = ("DATA", "PER_WORD", "REPEATS", "SILENCE", "UNKNOWN", "UNLABELED", "TARGET_LENGTH", "PRETRAIN_STEPS", "PRETRAIN_BATCH",
          "PRETRAIN_LR", "MASK", "FT_EPOCHS", "FT_BATCH", "FT_LR", "FT_ARGS", "THREADS")
 summary["settings"] = {k.lower(): os.environ.get(k, "") for k in knobs}
 summary["settings"]["model"] = json.load(open(os.environ["MODEL"]))
