@@ -23,7 +23,11 @@
 # PRETRAIN_STEPS [1500], PRETRAIN_BATCH [32], PRETRAIN_LR [1e-3], MASK [30] masked frames of the
 # 50; FT_EPOCHS [15], FT_BATCH [32], FT_LR [5e-4]; FT_ARGS (more ssast finetune options for both
 # runs) and FT_TAG (suffix of their folders, to compare fine-tuning settings on one pretrained
-# model); THREADS [2] torch threads; PYTHON [python].
+# model); PRETRAINED [OUT/pretrain] the model the pretrained run starts from (e.g. one of
+# OUT/pretrain/checkpoints/global_stepN, with FT_TAG, for the curve of fine-tuning accuracy
+# against pretraining steps); THREADS [1] torch threads per process (with one data-loading
+# process beside it, two cores are busy; two threads per process stall whenever another job takes
+# a core); PYTHON [python].
 set -euo pipefail
 if [ $# -lt 1 ] || [ $# -gt 2 ]; then
   echo "usage: $0 OUT [DATA]" >&2
@@ -47,7 +51,7 @@ MASK=${MASK:-30}
 FT_EPOCHS=${FT_EPOCHS:-15}
 FT_BATCH=${FT_BATCH:-32}
 FT_LR=${FT_LR:-5e-4}
-THREADS=${THREADS:-2}
+THREADS=${THREADS:-1}
 TAG=${FT_TAG:-}
 export OMP_NUM_THREADS=$THREADS
 mkdir -p "$OUT"
@@ -113,7 +117,7 @@ finetune() {
     --epochs "$FT_EPOCHS" --batch-size "$FT_BATCH" --lr "$FT_LR" --warmup --warmup-steps 50 \
     --lr-scheduler cosine --log-every 20 --resume "${ENGINE[@]}" ${FT_ARGS:-} "${@:3}"
 }
-finetune "$OUT/pretrain" "$OUT/ft_pretrained$TAG"
+finetune "${PRETRAINED:-$OUT/pretrain}" "$OUT/ft_pretrained$TAG"
 stage_done "fine-tuning from the pretrained model"
 finetune scratch "$OUT/ft_scratch$TAG" --model-config "$MODEL"
 stage_done "fine-tuning from scratch"
