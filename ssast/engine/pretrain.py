@@ -17,6 +17,7 @@ import torch
 
 from ..config import ModelConfig
 from ..datasets import SkipCounter
+from ..device import compile_encoder
 from ..features import FeatureConfig
 from ..files import atomic_write, json_text
 from ..model import ASTModel
@@ -61,6 +62,8 @@ class PretrainConfig:
     mpg_weight: float = 10.0
     resume: bool = False
     deepspeed_config: str | None = None
+    precision: str | None = None  # None: the DeepSpeed JSON's, else bf16 on a GPU that has it, fp32 on CPU
+    compile: bool = False  # torch.compile the encoder's blocks (ssast.device.compile_encoder)
     device: str | None = None
     progress: bool = True
 
@@ -77,7 +80,7 @@ class PretrainConfig:
     def to_dict(self) -> dict:
         return {"version": FORMAT_VERSION, "model": self.model.to_dict(), "features": self.features.to_dict(),
                 "objective": self.objective_dict(), "train": self.train.to_dict(), "data": self.data.to_dict(),
-                "deepspeed_config": self.deepspeed_config}
+                "deepspeed_config": self.deepspeed_config, "precision": self.precision, "compile": self.compile}
 
 
 def _meta(cfg: PretrainConfig, state: TrainState, ds_config: dict, world: int) -> dict:
@@ -115,11 +118,12 @@ def _run(cfg: PretrainConfig, objective: MaskedPatchObjective, dist) -> int:
     found = open_run(ckpt, cfg.resume)
     if found is not None:
         check_resume(run_dir, cfg.to_dict(), FIXED_ON_RESUME)
-    ds_config = load_deepspeed_config(cfg.deepspeed_config, cfg.train.batch_size, dist.device.type)
+    ds_config = load_deepspeed_config(cfg.deepspeed_config, cfg.train.batch_size, dist.device.type, cfg.precision)
     t = cfg.train
     seed_run(t.seed)
     model = ASTModel(config=cfg.model)
     model.set_grad_checkpointing(t.grad_checkpointing)
+    compile_encoder(model, cfg.compile)
     engine = build_engine(model, model.parameters(), lr=t.lr, weight_decay=t.weight_decay, betas=t.betas,
                           ds_config=ds_config)
     seed_rank(t.seed, dist.rank)
