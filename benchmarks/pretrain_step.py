@@ -25,7 +25,10 @@ import sys
 import time
 from pathlib import Path
 
-import torch
+# Waiting threads that sleep, as importing ssast sets (ssast/threads.py); here torch loads first.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's ssast, not an installed one
 
@@ -119,10 +122,11 @@ def main() -> None:
         "device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(), "torch": torch.__version__, "batch": args.batch,
         "frames": args.frames, "mask_patch": args.mask_patch, "grad_checkpointing": args.grad_checkpointing,
-        "load_average_before": os.getloadavg(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "load_average_before": os.getloadavg(),
     }
     print(f"pretraining step, batch {' and '.join(map(str, args.batch))}, {args.frames} frames x 128 bins, 16x16 "
-          f"patches, {args.mask_patch} masked; {args.device}, {info['threads']} threads, torch {torch.__version__}; "
+          f"patches, {args.mask_patch} masked; {args.device}, {info['threads']} threads (OMP_WAIT_POLICY "
+          f"{info['omp_wait_policy']}), torch {torch.__version__}; "
           f"load average {' '.join(f'{v:.2f}' for v in info['load_average_before'])}")
     results = {}
     for size in args.sizes:

@@ -186,3 +186,15 @@ def test_compile_encoder_refuses_other_modules():
     wrapper.module = model
     compile_encoder(wrapper)
     assert model.v.blocks[0]._compiled_call_impl is not None
+
+
+@pytest.mark.parametrize("given", [None, "ACTIVE"])
+def test_importing_ssast_sets_a_sleeping_openmp_wait_policy(given):
+    env = {k: v for k, v in _env().items() if k != "OMP_WAIT_POLICY"}
+    if given:
+        env["OMP_WAIT_POLICY"] = given
+    code = "import os, ssast, torch; print(os.environ['OMP_WAIT_POLICY'])"
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                       check=False)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.strip() == (given or "PASSIVE")
