@@ -160,11 +160,11 @@ def _train(cfg, objective, dist, engine, ckpt, state, schedule, ds_config, runlo
                 m.fshape, m.tshape, m.input_fdim, m.input_tdim, m.f_dim, m.t_dim, cfg.objective,
                 " in two passes" if cfg.two_pass else "", cfg.mask_patch,
                 "clusters" if cfg.resolved_cluster() else "uniform")
-    runlog.info("engine: %d process(es) on %s, ZeRO stage %d, %s, micro batch %d x %d accumulation x %d = %d clips "
-                "per step; Adam lr %g (warm-up %d steps, halved after %d validations without progress), weight "
-                "decay %g, betas %s", world, dist.device.type, zero_stage(ds_config), precision(ds_config), micro,
-                accum, world, micro * accum * world, t.lr, t.warmup_steps, t.lr_patience, t.weight_decay,
-                tuple(t.betas))
+    runlog.info("engine: %d process(es) on %s, ZeRO stage %d, %s%s, micro batch %d x %d accumulation x %d = %d "
+                "clips per step; Adam (fused) lr %g (warm-up %d steps, halved after %d validations without progress), "
+                "weight decay %g, betas %s", world, dist.device.type, zero_stage(ds_config), precision(ds_config),
+                ", compiled blocks" if cfg.compile else "", micro, accum, world, micro * accum * world, t.lr,
+                t.warmup_steps, t.lr_patience, t.weight_decay, tuple(t.betas))
     layout = {"world_size": world, "num_workers": t.num_workers, "micro_batch": micro, "accumulation": accum}
     if resumed is not None:
         for p in resumed.removed:
