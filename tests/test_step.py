@@ -136,6 +136,8 @@ def test_precision_defaults_and_flag(tmp_path, monkeypatch):
     path.write_text(json.dumps({"zero_optimization": {"stage": 2}, "gradient_clipping": 1.0}))
     cfg = load_deepspeed_config(path, 2, "cpu", "fp16")
     assert precision(cfg) == "fp16" and "compute_grad_norm" not in cfg["zero_optimization"]
+    path.write_text(json.dumps({"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}}}))
+    assert "compute_grad_norm" not in load_deepspeed_config(path, 2, "cpu")["zero_optimization"]
 
 
 def test_precision_flag_on_both_training_commands():

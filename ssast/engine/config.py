@@ -143,7 +143,9 @@ def load_deepspeed_config(path: str | os.PathLike | None, micro_batch: int | Non
     if (cfg.get("bf16") or {}).get("enabled"):
         cfg["bf16"].setdefault("check_grad_overflow", False)
     zero = cfg.get("zero_optimization") or {}
-    if (precision(cfg) == "fp32" and zero_stage(cfg) in (1, 2)
+    # ZeRO refuses to run without the norm when it offloads the optimizer or runs ZenFlow.
+    offload = (zero.get("offload_optimizer") or {}).get("device", "none") not in ("none", None)
+    if (precision(cfg) == "fp32" and zero_stage(cfg) in (1, 2) and not offload and "zenflow" not in zero
             and not float(cfg.get("gradient_clipping") or 0.0) > 0):
         zero.setdefault("compute_grad_norm", False)
     # DeepSpeed prints a line every steps_per_print steps; the run's own log covers that.
