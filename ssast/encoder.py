@@ -77,8 +77,8 @@ class PatchEmbed(nn.Module):
     The weights are a ``Conv2d``'s (timm's ``patch_embed.proj``). When the patches do not
     overlap (stride = patch shape, as in pretraining) the projection is one matrix product over
     the patches (:meth:`project`), which a pretraining step also reuses for its reconstruction
-    targets: oneDNN's convolution with one input channel took 88 ms forward and 15 ms backward
-    on a (8, 1, 128, 1024) input on one core, the patch extraction and matrix product about 10 ms.
+    targets: forward and backward under bf16 autocast on a (8, 1, 128, 1024) input on one core
+    took 75 ms with oneDNN's one-channel convolution, 3 ms as patch extraction and matrix product.
     """
 
     def __init__(self, embed_dim: int, patch: tuple[int, int], stride: tuple[int, int]):
