@@ -15,7 +15,7 @@ def patchify(spec: torch.Tensor, fshape: int, tshape: int) -> torch.Tensor:
 
     The same values, in the same order, as ``F.unfold`` with stride = kernel (bins and frames
     past the last whole patch are dropped), as one reshape and one copy: unfold's im2col took
-    several times longer on a (8, 1, 128, 1024) input.
+    1.5 times longer on a (8, 1, 128, 1024) input on one core (6.6 ms against 4.3 ms).
     """
     b, c, fdim, tdim = spec.shape
     f, t = fdim // fshape, tdim // tshape
