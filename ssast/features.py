@@ -158,12 +158,15 @@ def fbank(waveform: torch.Tensor, sample_rate: int, num_mel_bins: int = 128, *,
     else:
         if len(lead) != 1:
             raise ValueError(f"lengths needs a (batch, samples) waveform, got shape {tuple(waveform.shape)}")
-        lengths = torch.as_tensor(lengths, device=device).long().reshape(-1)  # (B,)
+        lengths = torch.as_tensor(lengths).long().reshape(-1)  # (B,)
+        # Checked where the counts are: lengths on the host (a training batch's) cost the device
+        # no synchronisation; they are copied to it afterwards.
         if lengths.numel() != x.shape[0] or (lengths > n).any():
             raise ValueError(f"lengths must hold one count <= {n} per clip, got {lengths.tolist()}")
         if (lengths < size).any():
             short = (lengths < size).nonzero().flatten().tolist()
             raise ValueError(f"clip(s) {short} are shorter than one {frame_length_ms} ms frame ({size} samples)")
+        lengths = lengths.to(device, non_blocking=True)
         valid = torch.arange(n, device=device) < lengths[:, None]  # (B, S)
         mean = (x * valid).sum(dim=-1, keepdim=True) / lengths[:, None].to(dtype)
         x = x - mean

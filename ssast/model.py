@@ -205,9 +205,10 @@ class ASTModel(nn.Module):
             mask_index = self.make_mask(b, mask_patch, cluster=cluster, generator=generator, device=spec.device)
         else:
             mask_index = self._check_mask_index(mask_index, b, spec.device)
-        target = patchify(spec, cfg.fshape, cfg.tshape)  # (B, N, K)
-        target = target.gather(1, mask_index[..., None].expand(-1, -1, target.shape[-1]))  # (B, M, K)
-        tokens = self.v.patch_embed(spec)  # (B, N, D)
+        # Patches extracted once: the projection's input and the reconstruction targets.
+        patches = patchify(spec, cfg.fshape, cfg.tshape)  # (B, N, K)
+        target = patches.gather(1, mask_index[..., None].expand(-1, -1, patches.shape[-1]))  # (B, M, K)
+        tokens = self.v.patch_embed.project(patches)  # (B, N, D)
         is_masked = torch.zeros(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
         is_masked.scatter_(1, mask_index, True)  # (B, N)
         tokens = torch.where(is_masked[..., None], self.mask_embed.to(tokens.dtype), tokens)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from . import presets
 from .config import SIZES, ModelConfig
+from .engine.config import PRECISIONS
 
 B = argparse.BooleanOptionalAction
 SIZE_CHOICES = tuple(SIZES)
@@ -114,6 +115,12 @@ def add_engine(p) -> None:
                    help="DeepSpeed engine settings: ZeRO stage, bf16/fp16, gradient accumulation and clipping "
                         "(default: ZeRO 2, bf16 on GPUs that have it, fp32 on CPU); see pretrain/*.json")
     g.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when a GPU is visible")
+    g.add_argument("--precision", choices=PRECISIONS,
+                   help="training precision (default: the --deepspeed-config JSON's; without one, bf16 on a GPU "
+                        "that has it, fp32 on CPU); sets the JSON's bf16/fp16 sections")
+    g.add_argument("--compile", action=B, default=False,
+                   help="compile the encoder's Transformer blocks with torch.compile (ssast.device.compile_encoder): "
+                        "faster steps after a compilation of a minute or so at the start (default: off)")
     add_progress(g)
 
 

@@ -506,3 +506,22 @@ def test_single_process_two_pass(pretrain_data, tmp_path):
     ck = read_checkpoint(run / "ssast.pt")
     assert ck.meta["objective"]["two_pass"] is True and ck.meta["deepspeed"]["zero_stage"] == 2
     assert json.loads((run / "run.json").read_text())["objective"]["cluster"] is True
+
+
+@needs_deepspeed
+def test_compiled_run_saves_and_resumes_with_the_same_keys(pretrain_data, tmp_path):
+    """--compile on the engine, with activation checkpointing: finite losses, the model's own
+    state-dict keys in the files written, and a resume that loads them (the eager losses are
+    compared in tests/test_step.py)."""
+    data = pretrain_data
+    run = tmp_path / "compiled"
+    common = ("--compile", "--grad-checkpointing", "--valid-every", "100")
+    _run(_single(_args(data, run, "--max-steps", "1", *common)), timeout=400)
+    keys = list(ASTModel(config=read_checkpoint(run / "ssast.pt").config).state_dict())
+    assert list(read_checkpoint(run / "ssast.pt").state) == keys
+    p = _run(_single(_args(data, run, "--resume", "--max-steps", "2", *common)), timeout=400)
+    assert "resumed from" in p.stderr
+    assert all(math.isfinite(r["loss"]) for r in _records(run).values()) and sorted(_records(run)) == [1, 2]
+    assert list(read_checkpoint(run / "ssast.pt").state) == keys
+    released = torch.load(run / "ssast_released.pth", map_location="cpu", weights_only=True)
+    assert released and not any("_orig_mod" in k for k in released)

@@ -72,7 +72,7 @@ def build_config(a) -> FinetuneConfig:
         lr_decay=a.lr_decay, freeze_encoder=a.freeze_encoder, loss=a.loss, metric=a.metric, multilabel=a.multilabel,
         balanced_sampling=a.balanced_sampling, wa=a.wa, wa_start=a.wa_start, wa_end=a.wa_end, seed=a.seed,
         num_workers=a.num_workers, log_every=a.log_every, resume=a.resume, deepspeed_config=a.deepspeed_config,
-        device=a.device, progress=a.progress)
+        precision=a.precision, compile=a.compile, device=a.device, progress=a.progress)
 
 
 def _run(a) -> int:

@@ -29,7 +29,8 @@ def build_config(a) -> PretrainConfig:
                         valid_batch_size=a.valid_batch_size)
     return PretrainConfig(out=a.out, model=model, data=data, train=train, features=features, objective=a.objective,
                           mask_patch=a.mask_patch, cluster=a.cluster, two_pass=a.two_pass, mpg_weight=a.mpg_weight,
-                          resume=a.resume, deepspeed_config=a.deepspeed_config, device=a.device,
+                          resume=a.resume, deepspeed_config=a.deepspeed_config, precision=a.precision,
+                          compile=a.compile, device=a.device,
                           progress=a.progress)
 
 

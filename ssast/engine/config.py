@@ -88,12 +88,26 @@ class DataSettings:
         return asdict(self)
 
 
-def load_deepspeed_config(path: str | os.PathLike | None, micro_batch: int | None, device_type: str) -> dict:
+PRECISIONS = ("bf16", "fp16", "fp32")
+
+
+def load_deepspeed_config(path: str | os.PathLike | None, micro_batch: int | None, device_type: str,
+                          requested: str | None = None) -> dict:
     """The DeepSpeed config: the JSON at ``path`` (or the default for the device), with
     ``train_micro_batch_size_per_gpu`` filled from ``micro_batch`` when the file has none.
 
+    ``requested`` (``--precision``): bf16, fp16 or fp32, set in the config's ``bf16``/``fp16``
+    sections. Without it, the JSON's; without a JSON, bf16 on a GPU that has it, else fp32.
+
+    Per-step host reads are switched off where DeepSpeed makes them without need (the JSON can
+    set them back): bf16's gradient overflow check (bf16 has fp32's range; the loop checks the
+    loss at every log line), and, in fp32 without gradient clipping, ZeRO's gradient norm, whose
+    validity check reads the norm back at every step (fp32 runs then log no ``grad_norm``).
+    fp16's loss scaling and gradient clipping read the norm back at every step by design.
+
     Raises ValueError naming the file if it cannot be read, holds an optimizer or scheduler
-    section, or gives a micro-batch size other than ``micro_batch``.
+    section, gives a micro-batch size other than ``micro_batch``, or enables bf16 or fp16 when
+    another precision is ``requested``.
     """
     if path is None:
         cfg = json.loads(json.dumps(DEFAULT_GPU if device_type == "cuda" else DEFAULT_CPU))
@@ -124,6 +138,16 @@ def load_deepspeed_config(path: str | os.PathLike | None, micro_batch: int | Non
                          "give one of them")
     if have is None:
         cfg["train_micro_batch_size_per_gpu"] = micro_batch if micro_batch is not None else 24
+    if requested is not None:
+        _set_precision(cfg, requested, where if path is not None else None)
+    if (cfg.get("bf16") or {}).get("enabled"):
+        cfg["bf16"].setdefault("check_grad_overflow", False)
+    zero = cfg.get("zero_optimization") or {}
+    # ZeRO refuses to run without the norm when it offloads the optimizer or runs ZenFlow.
+    offload = (zero.get("offload_optimizer") or {}).get("device", "none") not in ("none", None)
+    if (precision(cfg) == "fp32" and zero_stage(cfg) in (1, 2) and not offload and "zenflow" not in zero
+            and not float(cfg.get("gradient_clipping") or 0.0) > 0):
+        zero.setdefault("compute_grad_norm", False)
     # DeepSpeed prints a line every steps_per_print steps; the run's own log covers that.
     cfg.setdefault("steps_per_print", 10**9)
     return cfg
@@ -131,6 +155,20 @@ def load_deepspeed_config(path: str | os.PathLike | None, micro_batch: int | Non
 
 def zero_stage(ds_config: dict) -> int:
     return int((ds_config.get("zero_optimization") or {}).get("stage", 0))
+
+
+def _set_precision(cfg: dict, want: str, where: str | None) -> None:
+    """Set ``want`` in the config's bf16/fp16 sections; a JSON that enables another is refused."""
+    if want not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {want!r}")
+    have = precision(cfg)
+    if where is not None and have not in (want, "fp32"):
+        raise ValueError(f"{where}: runs in {have} but --precision is {want}; give one of them")
+    for name in ("bf16", "fp16"):
+        if name == want:
+            cfg[name] = {**(cfg.get(name) or {}), "enabled": True}
+        elif (cfg.get(name) or {}).get("enabled"):
+            cfg[name]["enabled"] = False
 
 
 def precision(ds_config: dict) -> str:

@@ -202,7 +202,8 @@ class DeviceFeatures:
         wave = batch["wave"].to(self.device, non_blocking=True)  # (B, S)
         if wave.dtype == torch.int16:  # 16-bit samples as the shards store them
             wave = wave.float().mul_(PCM16_SCALE)
-        lengths = batch["length"].to(self.device).clamp(min=self.min_length, max=wave.shape[-1])  # (B,)
+        # (B,) counts, clamped and checked on the host (the batch's), then copied to the device
+        lengths = batch["length"].clamp(min=self.min_length, max=wave.shape[-1])
         if batch.get("train") is True and self.augment.active:
             g = torch.Generator().manual_seed(batch["seed"])
             feats, target = augment_batch(wave, batch["target"].to(self.device), self.extractor, self.augment, g,

@@ -39,6 +39,7 @@ from ..augment import AugmentConfig
 from ..checkpoint import read_checkpoint, save_checkpoint
 from ..config import ModelConfig
 from ..datasets import AudioDataset, SkipCounter, frames_to_samples
+from ..device import compile_encoder
 from ..features import FeatureConfig
 from ..files import atomic_write
 from ..metrics import compute_metrics
@@ -118,6 +119,8 @@ class FinetuneConfig:
     log_every: int = 50
     resume: bool = False
     deepspeed_config: str | None = None
+    precision: str | None = None  # None: the DeepSpeed JSON's, else bf16 on a GPU that has it, fp32 on CPU
+    compile: bool = False  # torch.compile the encoder's blocks (ssast.device.compile_encoder)
     device: str | None = None
     progress: bool = True
 
@@ -282,12 +285,13 @@ def _run(cfg: FinetuneConfig, dist) -> int:
         run_dir.mkdir(parents=True, exist_ok=True)
     barrier()
 
-    ds_config = load_deepspeed_config(cfg.deepspeed_config, cfg.batch_size, dist.device.type)
+    ds_config = load_deepspeed_config(cfg.deepspeed_config, cfg.batch_size, dist.device.type, cfg.precision)
     if zero_stage(ds_config) > 2:
         raise ValueError("fine-tuning runs with ZeRO stage 0, 1 or 2 (the model is small; stage 3 would need "
                          "gathered weights for the exports and the final evaluation)")
     seed_run(cfg.seed)
     model, init_text = build_model(cfg, len(labels))
+    compile_encoder(model, cfg.compile)
     groups = param_groups(model, cfg.head_lr, cfg.freeze_encoder, cfg.layer_decay)
     engine = build_engine(model, groups, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas,
                           ds_config=ds_config)

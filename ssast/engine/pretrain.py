@@ -17,6 +17,7 @@ import torch
 
 from ..config import ModelConfig
 from ..datasets import SkipCounter
+from ..device import compile_encoder
 from ..features import FeatureConfig
 from ..files import atomic_write, json_text
 from ..model import ASTModel
@@ -61,6 +62,8 @@ class PretrainConfig:
     mpg_weight: float = 10.0
     resume: bool = False
     deepspeed_config: str | None = None
+    precision: str | None = None  # None: the DeepSpeed JSON's, else bf16 on a GPU that has it, fp32 on CPU
+    compile: bool = False  # torch.compile the encoder's blocks (ssast.device.compile_encoder)
     device: str | None = None
     progress: bool = True
 
@@ -77,7 +80,7 @@ class PretrainConfig:
     def to_dict(self) -> dict:
         return {"version": FORMAT_VERSION, "model": self.model.to_dict(), "features": self.features.to_dict(),
                 "objective": self.objective_dict(), "train": self.train.to_dict(), "data": self.data.to_dict(),
-                "deepspeed_config": self.deepspeed_config}
+                "deepspeed_config": self.deepspeed_config, "precision": self.precision, "compile": self.compile}
 
 
 def _meta(cfg: PretrainConfig, state: TrainState, ds_config: dict, world: int) -> dict:
@@ -115,11 +118,12 @@ def _run(cfg: PretrainConfig, objective: MaskedPatchObjective, dist) -> int:
     found = open_run(ckpt, cfg.resume)
     if found is not None:
         check_resume(run_dir, cfg.to_dict(), FIXED_ON_RESUME)
-    ds_config = load_deepspeed_config(cfg.deepspeed_config, cfg.train.batch_size, dist.device.type)
+    ds_config = load_deepspeed_config(cfg.deepspeed_config, cfg.train.batch_size, dist.device.type, cfg.precision)
     t = cfg.train
     seed_run(t.seed)
     model = ASTModel(config=cfg.model)
     model.set_grad_checkpointing(t.grad_checkpointing)
+    compile_encoder(model, cfg.compile)
     engine = build_engine(model, model.parameters(), lr=t.lr, weight_decay=t.weight_decay, betas=t.betas,
                           ds_config=ds_config)
     seed_rank(t.seed, dist.rank)
@@ -156,11 +160,11 @@ def _train(cfg, objective, dist, engine, ckpt, state, schedule, ds_config, runlo
                 m.fshape, m.tshape, m.input_fdim, m.input_tdim, m.f_dim, m.t_dim, cfg.objective,
                 " in two passes" if cfg.two_pass else "", cfg.mask_patch,
                 "clusters" if cfg.resolved_cluster() else "uniform")
-    runlog.info("engine: %d process(es) on %s, ZeRO stage %d, %s, micro batch %d x %d accumulation x %d = %d clips "
-                "per step; Adam lr %g (warm-up %d steps, halved after %d validations without progress), weight "
-                "decay %g, betas %s", world, dist.device.type, zero_stage(ds_config), precision(ds_config), micro,
-                accum, world, micro * accum * world, t.lr, t.warmup_steps, t.lr_patience, t.weight_decay,
-                tuple(t.betas))
+    runlog.info("engine: %d process(es) on %s, ZeRO stage %d, %s%s, micro batch %d x %d accumulation x %d = %d "
+                "clips per step; Adam (fused) lr %g (warm-up %d steps, halved after %d validations without progress), "
+                "weight decay %g, betas %s", world, dist.device.type, zero_stage(ds_config), precision(ds_config),
+                ", compiled blocks" if cfg.compile else "", micro, accum, world, micro * accum * world, t.lr,
+                t.warmup_steps, t.lr_patience, t.weight_decay, tuple(t.betas))
     layout = {"world_size": world, "num_workers": t.num_workers, "micro_batch": micro, "accumulation": accum}
     if resumed is not None:
         for p in resumed.removed:

@@ -94,12 +94,35 @@ def seed_rank(seed: int, rank: int) -> None:
     seeds.seed_everything(seeds.derive_seed(seed, "rank", rank) % 2**63)
 
 
+# Devices with PyTorch's fused Adam kernel (one kernel for all parameters, the step count kept
+# on the device); elsewhere the multi-tensor (foreach) implementation.
+FUSED_ADAM_DEVICES = ("cuda", "cpu")
+
+
+def adam(params, *, lr: float, weight_decay: float, betas) -> torch.optim.Adam:
+    """torch.optim.Adam with the fused kernel where the parameters' device has one, else foreach.
+
+    The default (per-parameter) implementation reads its step count back to the host at every
+    step; the fused one neither does that nor launches a kernel per parameter.
+    """
+    params = list(params)
+    tensors = [p for g in params for p in g["params"]] if params and isinstance(params[0], dict) else params
+    fused = all(p.device.type in FUSED_ADAM_DEVICES and p.is_floating_point() for p in tensors)
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas),
+                            fused=fused or None, foreach=None if fused else True)
+
+
 def build_engine(model: torch.nn.Module, params, *, lr: float, weight_decay: float, betas, ds_config: dict):
-    """Adam (the recipes' optimizer: L2 weight decay, as torch.optim.Adam applies it) wrapped by
-    DeepSpeed with the JSON's engine settings; the loop sets the learning rate every step."""
+    """Adam (the recipes' optimizer: L2 weight decay, as torch.optim.Adam applies it; :func:`adam`)
+    wrapped by DeepSpeed with the JSON's engine settings; the loop sets the learning rate every step.
+
+    DeepSpeed keeps the optimizer it is given (a JSON ``optimizer`` section, which would replace
+    it, is refused by :func:`ssast.engine.config.load_deepspeed_config`); ZeRO hands it its
+    flattened fp32 partitions.
+    """
     import deepspeed  # the engine's own import: it picks its accelerator at import (see distributed.setup)
 
-    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas))
+    optimizer = adam(params, lr=lr, weight_decay=weight_decay, betas=betas)
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
     return engine
