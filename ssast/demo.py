@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 import time
@@ -46,8 +47,8 @@ class DemoSize:
     silence: int = 40
     unknown: int = 40
     unlabeled: int = 400
-    pretrain_steps: int = 600
-    finetune_epochs: int = 12
+    pretrain_steps: int = 400
+    finetune_epochs: int = 15
     recording_seconds: float = 40.0
     events: int = 10
 
@@ -56,13 +57,15 @@ SMALL = DemoSize(words=("yes", "no"), per_word=8, silence=6, unknown=6, unlabele
                  finetune_epochs=1, recording_seconds=8.0, events=2)
 
 
-def _cli(*args: str, log: Path) -> None:
-    """Run ``ssast ARGS`` in its own process, its output appended to ``log``; raise on failure."""
+def _cli(*args: str, log: Path, threads: int = 1) -> None:
+    """Run ``ssast ARGS`` in its own process (``threads`` torch threads, unless OMP_NUM_THREADS is
+    set), its output appended to ``log``; raise on failure."""
     cmd = [sys.executable, "-m", "ssast.cli", *map(str, args)]
+    env = {"OMP_NUM_THREADS": str(threads), **os.environ}
     with open(log, "a", encoding="utf-8") as f:
         f.write(f"\n$ ssast {' '.join(map(str, args))}\n")
         f.flush()
-        p = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
+        p = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
     if p.returncode != 0:
         tail = "".join(log.read_text(encoding="utf-8").splitlines(keepends=True)[-30:])
         raise RuntimeError(f"ssast {args[0]} failed (exit {p.returncode}); the end of {log}:\n{tail}")
@@ -131,23 +134,25 @@ def run(out: str | Path = "demo_out", size: DemoSize = DemoSize(), seed: int = 0
     model_json.write_text(json.dumps(MODEL))
     frames = ["--target-length", 100, "--mean", NORMALIZATION.mean, "--std", NORMALIZATION.std]
     engine = ["--device", "cpu", "--num-workers", 1, "--no-progress", "--seed", seed]
+    model_threads = max(1, threads - 1)  # one core for the data-loading process
 
     stage("pretrain", f"masked-patch pretraining on the engine: frame model {MODEL['depth']} blocks x "
                       f"{MODEL['embed_dim']}, {size.pretrain_steps} steps (ssast pretrain)")
     _cli("pretrain", "--train", shards / "train", shards / "unlabeled", "--valid", data / "speechcommand_valid_data.json",
          "--out", out / "pretrain", "--model-config", model_json, "--fshape", 128, "--tshape", 2, *frames,
-         "--mask-patch", 30, "--max-steps", size.pretrain_steps, "--batch-size", 32, "--lr", 5e-4,
+         "--mask-patch", 30, "--max-steps", size.pretrain_steps, "--batch-size", 32, "--lr", 1e-3,
          "--warmup-steps", max(1, size.pretrain_steps // 10), "--valid-every", max(1, size.pretrain_steps // 3),
          "--save-every", size.pretrain_steps, "--log-every", max(1, size.pretrain_steps // 6), "--resume", *engine,
-         log=log)
+         log=log, threads=model_threads)
     done("pretrain")
 
     stage("finetune", f"keyword classifier from the pretrained model, {size.finetune_epochs} epochs (ssast finetune)")
     _cli("finetune", "--init", out / "pretrain", "--train", data / "speechcommand_train_data.json",
          "--valid", data / "speechcommand_valid_data.json", "--test", data / "speechcommand_eval_data.json",
-         "--out", out / "finetune", "--fshape", 128, "--tshape", 2, "--fstride", 128, "--tstride", 1, *frames,
-         "--task", "ft_avgtok", "--loss", "ce", "--epochs", size.finetune_epochs, "--batch-size", 16, "--lr", 5e-4,
-         "--freqm", 24, "--timem", 24, "--noise", "--lr-scheduler", "cosine", "--resume", *engine, log=log)
+         "--out", out / "finetune", "--fshape", 128, "--tshape", 2, "--fstride", 128, "--tstride", 2, *frames,
+         "--task", "ft_avgtok", "--loss", "ce", "--epochs", size.finetune_epochs, "--batch-size", 16, "--lr", 1e-3,
+         "--freqm", 24, "--timem", 20, "--noise", "--lr-scheduler", "cosine", "--resume", *engine, log=log,
+         threads=model_threads)
     done("finetune")
     rows = list(csv.DictReader(open(out / "finetune" / "results.csv", newline="")))
     test = next(r for r in rows if r["split"] == "test")
