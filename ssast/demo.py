@@ -43,12 +43,12 @@ NORMALIZATION = preset("speechcommands")  # mean and std of the Speech Commands 
 @dataclass
 class DemoSize:
     words: tuple[str, ...] = ("yes", "no", "up", "down")
-    per_word: int = 40
-    silence: int = 40
-    unknown: int = 40
+    per_word: int = 60
+    silence: int = 60
+    unknown: int = 60
     unlabeled: int = 400
-    pretrain_steps: int = 400
-    finetune_epochs: int = 15
+    pretrain_steps: int = 250
+    finetune_epochs: int = 40
     recording_seconds: float = 40.0
     events: int = 10
 
@@ -120,7 +120,8 @@ def run(out: str | Path = "demo_out", size: DemoSize = DemoSize(), seed: int = 0
     stage("data", f"built-in speech: {len(size.words)} keywords x {size.per_word} clips, _silence_, _unknown_, "
                   f"{size.unlabeled} unlabeled clips (ssast synth-speech, prep speechcommands, shards)")
     if not (data / "speechcommand_train_data.json").exists():
-        _cli("synth-speech", raw, "--words", *size.words, "--per-word", size.per_word, "--silence", size.silence,
+        _cli("synth-speech", raw, "--words", *size.words, "--per-word", size.per_word, "--repeats", 1,
+             "--silence", size.silence,
              "--unknown", size.unknown, "--unlabeled", size.unlabeled, "--seed", seed, "--num-workers", threads,
              log=log)
         _cli("prep", "speechcommands", data, "--root", raw, log=log)
@@ -150,7 +151,8 @@ def run(out: str | Path = "demo_out", size: DemoSize = DemoSize(), seed: int = 0
     _cli("finetune", "--init", out / "pretrain", "--train", data / "speechcommand_train_data.json",
          "--valid", data / "speechcommand_valid_data.json", "--test", data / "speechcommand_eval_data.json",
          "--out", out / "finetune", "--fshape", 128, "--tshape", 2, "--fstride", 128, "--tstride", 2, *frames,
-         "--task", "ft_avgtok", "--loss", "ce", "--epochs", size.finetune_epochs, "--batch-size", 16, "--lr", 1e-3,
+         "--task", "ft_avgtok", "--loss", "ce", "--epochs", size.finetune_epochs, "--batch-size", 16,
+         "--lr", 1e-3, "--warmup", "--warmup-steps", 50,
          "--freqm", 24, "--timem", 20, "--noise", "--lr-scheduler", "cosine", "--resume", *engine, log=log,
          threads=model_threads)
     done("finetune")
