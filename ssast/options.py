@@ -119,8 +119,9 @@ def add_engine(p) -> None:
                    help="training precision (default: the --deepspeed-config JSON's; without one, bf16 on a GPU "
                         "that has it, fp32 on CPU); sets the JSON's bf16/fp16 sections")
     g.add_argument("--compile", action=B, default=False,
-                   help="compile the encoder's Transformer blocks with torch.compile (ssast.device.compile_encoder): "
-                        "faster steps after a compilation of a minute or so at the start (default: off)")
+                   help="compile the encoder's Transformer blocks with torch.compile (ssast.device.compile_encoder), "
+                        "after a compilation of a minute or so at the start; meant for GPUs (no gain measured on "
+                        "CPUs: see the README's Speed section) (default: off)")
     add_progress(g)
 
 
