@@ -14,14 +14,15 @@
 #
 # Writes OUT/summary.json: {"pretrained": {"test_acc": ...}, "scratch": {"test_acc": ...},
 # "logreg": {"test_acc": ...}, "minutes": ..., "settings": {...}}. Run it again with the same
-# OUT to resume: finished stages are reused, a killed stage continues from its last checkpoint.
+# OUT to resume: finished stages are reused, a killed stage continues from its last checkpoint
+# ("minutes" is then the time of that run alone). The defaults are run B of finetune/README.md.
 #
 # Knobs (environment, defaults in brackets): PER_WORD [60] labelled clips per word, REPEATS [1]
 # clips per speaker and word (1: PER_WORD speakers), SILENCE and
-# UNKNOWN [60] clips of those classes, UNLABELED [2000] pool clips (built-in set only);
+# UNKNOWN [60] clips of those classes, UNLABELED [3000] pool clips (built-in set only);
 # TARGET_LENGTH [100] frames per clip; MODEL [4 blocks of width 192] encoder JSON;
-# PRETRAIN_STEPS [1500], PRETRAIN_BATCH [32], PRETRAIN_LR [1e-3], MASK [30] masked frames of the
-# 50; FT_EPOCHS [15], FT_BATCH [32], FT_LR [5e-4]; FT_ARGS (more ssast finetune options for both
+# PRETRAIN_STEPS [2500], PRETRAIN_BATCH [32], PRETRAIN_LR [1e-3], MASK [30] masked frames of the
+# 50; FT_EPOCHS [40], FT_BATCH [32], FT_LR [1e-3]; FT_ARGS (more ssast finetune options for both
 # runs) and FT_TAG (suffix of their folders, to compare fine-tuning settings on one pretrained
 # model); PRETRAINED [OUT/pretrain] the model the pretrained run starts from (e.g. one of
 # OUT/pretrain/checkpoints/global_stepN, with FT_TAG, for the curve of fine-tuning accuracy
@@ -42,15 +43,15 @@ PER_WORD=${PER_WORD:-60}
 REPEATS=${REPEATS:-1}
 SILENCE=${SILENCE:-60}
 UNKNOWN=${UNKNOWN:-60}
-UNLABELED=${UNLABELED:-2000}
+UNLABELED=${UNLABELED:-3000}
 TARGET_LENGTH=${TARGET_LENGTH:-100}
-PRETRAIN_STEPS=${PRETRAIN_STEPS:-1500}
+PRETRAIN_STEPS=${PRETRAIN_STEPS:-2500}
 PRETRAIN_BATCH=${PRETRAIN_BATCH:-32}
 PRETRAIN_LR=${PRETRAIN_LR:-1e-3}
 MASK=${MASK:-30}
-FT_EPOCHS=${FT_EPOCHS:-15}
+FT_EPOCHS=${FT_EPOCHS:-40}
 FT_BATCH=${FT_BATCH:-32}
-FT_LR=${FT_LR:-5e-4}
+FT_LR=${FT_LR:-1e-3}
 THREADS=${THREADS:-1}
 TAG=${FT_TAG:-}
 export OMP_NUM_THREADS=$THREADS
