@@ -15,14 +15,16 @@
 # Writes OUT/summary.json: {"pretrained": {"test_acc": ...}, "scratch": {"test_acc": ...},
 # "logreg": {"test_acc": ...}, "minutes": ..., "settings": {...}}. Run it again with the same
 # OUT to resume: finished stages are reused, a killed stage continues from its last checkpoint
-# ("minutes" is then the time of that run alone). The defaults are run B of finetune/README.md.
+# ("minutes" is then the time of that run alone). The defaults are run B of finetune/README.md with
+# layer-wise rate decay 0.75.
 #
 # Knobs (environment, defaults in brackets): PER_WORD [60] labelled clips per word, REPEATS [1]
 # clips per speaker and word (1: PER_WORD speakers), SILENCE and
 # UNKNOWN [60] clips of those classes, UNLABELED [3000] pool clips (built-in set only);
 # TARGET_LENGTH [100] frames per clip; MODEL [4 blocks of width 192] encoder JSON;
 # PRETRAIN_STEPS [2500], PRETRAIN_BATCH [32], PRETRAIN_LR [1e-3], MASK [30] masked frames of the
-# 50; FT_EPOCHS [40], FT_BATCH [32], FT_LR [1e-3]; FT_ARGS (more ssast finetune options for both
+# 50; FT_EPOCHS [40], FT_BATCH [32], FT_LR [1e-3], LAYER_DECAY [0.75]
+# (fine-tuning's layer-wise rate decay; 1: off); FT_ARGS (more ssast finetune options for both
 # runs) and FT_TAG (suffix of their folders, to compare fine-tuning settings on one pretrained
 # model); PRETRAINED [OUT/pretrain] the model the pretrained run starts from (e.g. one of
 # OUT/pretrain/checkpoints/global_stepN, with FT_TAG, for the curve of fine-tuning accuracy
@@ -52,6 +54,7 @@ MASK=${MASK:-30}
 FT_EPOCHS=${FT_EPOCHS:-40}
 FT_BATCH=${FT_BATCH:-32}
 FT_LR=${FT_LR:-1e-3}
+LAYER_DECAY=${LAYER_DECAY:-0.75}
 THREADS=${THREADS:-1}
 TAG=${FT_TAG:-}
 export OMP_NUM_THREADS=$THREADS
@@ -115,7 +118,7 @@ finetune() {
   ssast finetune --init "$1" --out "$2" --train "$TRAIN" --valid "$VALID" --test "$TEST" \
     --fshape 128 --tshape 2 --fstride 128 --tstride 2 "${FEATURES[@]}" \
     --freqm 24 --timem 20 --mixup 0 --noise --task ft_avgtok --loss ce --metric acc \
-    --epochs "$FT_EPOCHS" --batch-size "$FT_BATCH" --lr "$FT_LR" --warmup --warmup-steps 50 \
+    --epochs "$FT_EPOCHS" --batch-size "$FT_BATCH" --lr "$FT_LR" --layer-decay "$LAYER_DECAY" --warmup --warmup-steps 50 \
     --lr-scheduler cosine --log-every 20 --resume "${ENGINE[@]}" ${FT_ARGS:-} "${@:3}"
 }
 finetune "${PRETRAINED:-$OUT/pretrain}" "$OUT/ft_pretrained$TAG"
@@ -127,7 +130,7 @@ stage_done "fine-tuning from scratch"
 [ -f "$OUT/logreg.json" ] || "$PYTHON" "$REPO/benchmarks/logreg_baseline.py" --train "$TRAIN" --valid "$VALID" \
   --test "$TEST" --json "$OUT/logreg.json"
 export DATA PER_WORD REPEATS SILENCE UNKNOWN UNLABELED TARGET_LENGTH PRETRAIN_STEPS PRETRAIN_BATCH PRETRAIN_LR MASK \
-  FT_EPOCHS FT_BATCH FT_LR FT_ARGS THREADS MODEL
+  FT_EPOCHS FT_BATCH FT_LR LAYER_DECAY FT_ARGS THREADS MODEL
 "$PYTHON" - "$OUT" "$TAG" "$(( $(date +%s) - START ))" <<'EOF'
 import csv, json, os, sys
 out, tag, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -141,7 +144,7 @@ for key, name in (("pretrained", "ft_pretrained" + tag), ("scratch", "ft_scratch
 summary["logreg"] = {k: v for k, v in json.load(open(f"{out}/logreg.json")).items() if k in ("test_acc", "valid_acc")}
 summary["minutes"] = round(seconds / 60, 2)
 knobs = ("DATA", "PER_WORD", "REPEATS", "SILENCE", "UNKNOWN", "UNLABELED", "TARGET_LENGTH", "PRETRAIN_STEPS", "PRETRAIN_BATCH",
-         "PRETRAIN_LR", "MASK", "FT_EPOCHS", "FT_BATCH", "FT_LR", "FT_ARGS", "THREADS")
+         "PRETRAIN_LR", "MASK", "FT_EPOCHS", "FT_BATCH", "FT_LR", "LAYER_DECAY", "FT_ARGS", "THREADS")
 summary["settings"] = {k.lower(): os.environ.get(k, "") for k in knobs}
 summary["settings"]["model"] = json.load(open(os.environ["MODEL"]))
 json.dump(summary, open(f"{out}/summary.json", "w"), indent=1)
