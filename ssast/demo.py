@@ -53,10 +53,6 @@ class DemoSize:
     events: int = 10
 
 
-SMALL = DemoSize(words=("yes", "no"), per_word=8, silence=6, unknown=6, unlabeled=12, pretrain_steps=4,
-                 finetune_epochs=1, recording_seconds=8.0, events=2)
-
-
 def _cli(*args: str, log: Path, threads: int = 1) -> None:
     """Run ``ssast ARGS`` in its own process (``threads`` torch threads, unless OMP_NUM_THREADS is
     set), its output appended to ``log``; raise on failure."""
