@@ -3,15 +3,24 @@
 Released setting: 128 mel bins x 1024 frames, 16x16 patches (8 x 64 = 512 patches), 400 masked
 per clip, loss ``nce + 10 * mse``. Schedules compared side by side in one run:
 
-- ``two-pass fp32``: the 2021 recipe, one encoder pass for the classification objective and a
-  second one, with another mask, for the reconstruction objective;
+- ``two-pass fp32``: the 2021 recipe on this package's model, one encoder pass for the
+  classification objective and a second one, with another mask, for the reconstruction objective;
 - ``single-pass fp32``: both objectives from one encoder pass over one masked input;
 - ``single-pass bf16``: the same under ``torch.autocast(dtype=torch.bfloat16)``;
 - with ``--compile``, also both single-pass steps with the encoder's blocks compiled
-  (:func:`ssast.device.compile_encoder`; compilation is not timed).
+  (:func:`ssast.device.compile_encoder`; compilation is not timed);
+- with ``--official DIR`` (a checkout of github.com/YuanGongND/ssast), also the 2021 code's own
+  two-pass fp32 step (``2021 code``: its ``ASTModel``, its ``pretrain_mpc`` and ``pretrain_mpg``
+  calls and its Adam settings, as its ``traintest_mask.py`` runs them), in a worker process with
+  timm 0.4.5 on its path (``--official-timm``; ``scripts/install_reference.sh`` puts it in
+  ``.reference/timm045``), since this package needs a newer timm.
+
+The schedules take turns, one step each per round, so that a machine that slows down or speeds
+up during the run (shared cores, frequency changes) moves every schedule's figures alike; the
+median of the timed rounds is reported.
 
     python benchmarks/pretrain_step.py                      # tiny and base, batch 2 and 8
-    python benchmarks/pretrain_step.py --sizes tiny --batch 8 --steps 5 --json out.json
+    python benchmarks/pretrain_step.py --sizes tiny --official ~/src/ssast --json out.json
 """
 from __future__ import annotations
 
@@ -37,6 +46,8 @@ from ssast.device import compile_encoder  # noqa: E402
 
 MODES = ("two-pass fp32", "single-pass fp32", "single-pass bf16")
 COMPILED = ("single-pass fp32 compiled", "single-pass bf16 compiled")
+OFFICIAL = "2021 code two-pass fp32"
+TIMM_REFERENCE = Path(__file__).resolve().parents[1] / ".reference" / "timm045"  # scripts/install_reference.sh
 
 
 def make_step(model: ASTModel, opt: torch.optim.Optimizer, x: torch.Tensor, mode: str, mask_patch: int, g):
@@ -61,11 +72,57 @@ def make_step(model: ASTModel, opt: torch.optim.Optimizer, x: torch.Tensor, mode
     return step
 
 
+class OfficialStep:
+    """The 2021 code's step, run by ``benchmarks/official_step.py`` in a worker process.
+
+    Calling it runs one step there and returns the seconds the worker timed (the pipe's latency
+    is not counted)."""
+
+    def __init__(self, src: str, timm_dir: str, size: str, batch: int, frames: int, mask_patch: int,
+                 threads: int | None):
+        import subprocess
+
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (timm_dir, env.get("PYTHONPATH")) if p)
+        cmd = [sys.executable, str(Path(__file__).with_name("official_step.py")), "--src", src, "--size", size,
+               "--batch", str(batch), "--frames", str(frames), "--mask-patch", str(mask_patch)]
+        if threads:
+            cmd += ["--threads", str(threads)]
+        self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        ready = self.proc.stdout.readline()
+        if not ready.startswith("ready"):
+            self.close()
+            raise RuntimeError(f"the 2021 code's worker did not start (--official {src}, timm from "
+                               f"{timm_dir or 'the environment'}):\n{self.proc.stderr.read().strip()}")
+        self.timm = ready.split()[-1]
+
+    def __call__(self) -> float:
+        self.proc.stdin.write("step\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        try:
+            return float(line)
+        except ValueError:
+            self.close()
+            raise RuntimeError(f"the 2021 code's step failed:\n{self.proc.stderr.read().strip()}") from None
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.write("quit\n")
+                self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=30)
+            except Exception:
+                self.proc.kill()
+
+
 def bench(size: str, batch: int, steps: int, warmup: int, device: str, mask_patch: int, frames: int,
-          grad_ckpt: bool, compiled: bool) -> dict:
+          grad_ckpt: bool, compiled: bool, official: dict | None = None) -> dict:
+    """Median seconds per step of every schedule, the schedules taking turns step by step."""
     x = torch.randn(batch, frames, 128, device=device, generator=torch.Generator(device).manual_seed(1))
-    out = {}
-    models = {}
+    models, schedules, warm = {}, {}, {}
     for mode in MODES + (COMPILED if compiled else ()):
         key = "compiled" if mode.endswith("compiled") else "eager"
         if key not in models:
@@ -78,25 +135,47 @@ def bench(size: str, batch: int, steps: int, warmup: int, device: str, mask_patc
             opt = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=5e-7, betas=(0.95, 0.999), fused=True)
             models[key] = model, opt
         model, opt = models[key]
-        g = torch.Generator(device=device).manual_seed(0)
-        step = make_step(model, opt, x, mode, mask_patch, g)
-        t0 = time.perf_counter()
-        for _ in range(warmup + (2 if key == "compiled" else 0)):  # compiled: forward and backward graphs
-            step()
-        first = time.perf_counter() - t0
-        times = []
-        for _ in range(steps):
+        schedules[mode] = make_step(model, opt, x, mode, mask_patch, torch.Generator(device=device).manual_seed(0))
+        if key == "compiled":  # compilation: the forward and the backward graphs, not timed
             t0 = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - t0)
-        med = statistics.median(times)
-        out[mode] = {"seconds_per_step": med, "clips_per_second": batch / med, "min_seconds": min(times)}
-        if key == "compiled":
-            out[mode]["warmup_seconds"] = first
-        print(f"  {size:5s} batch {batch:2d}  {mode:26s} {med:8.3f} s/step  {batch / med:7.2f} clips/s", flush=True)
-    base = out["two-pass fp32"]["seconds_per_step"]
-    for r in out.values():
-        r["speedup_vs_two_pass_fp32"] = base / r["seconds_per_step"]
+            for _ in range(2):
+                schedules[mode]()
+            warm[mode] = time.perf_counter() - t0
+    worker = None
+    if official:
+        worker = OfficialStep(official["src"], official["timm"], size, batch, frames, mask_patch, official["threads"])
+        schedules[OFFICIAL] = worker
+    try:
+        times = {mode: [] for mode in schedules}
+        for r in range(warmup + steps):
+            for mode, step in schedules.items():
+                if isinstance(step, OfficialStep):
+                    t = step()
+                else:
+                    t0 = time.perf_counter()
+                    step()
+                    t = time.perf_counter() - t0
+                if r >= warmup:
+                    times[mode].append(t)
+    finally:
+        if worker is not None:
+            worker.close()
+    out = {}
+    for mode, ts in times.items():
+        med = statistics.median(ts)
+        out[mode] = {"seconds_per_step": med, "clips_per_second": batch / med, "min_seconds": min(ts),
+                     "max_seconds": max(ts)}
+        if mode in warm:
+            out[mode]["warmup_seconds"] = warm[mode]
+        if mode == OFFICIAL:
+            out[mode]["timm"] = worker.timm
+        print(f"  {size:5s} batch {batch:2d}  {mode:26s} {med:8.3f} s/step  {batch / med:7.2f} clips/s"
+              f"  (range {min(ts):.3f} to {max(ts):.3f})", flush=True)
+    for ref, field in ((MODES[0], "speedup_vs_two_pass_fp32"), (OFFICIAL, "speedup_vs_2021_code")):
+        if ref in out:
+            base = out[ref]["seconds_per_step"]
+            for r in out.values():
+                r[field] = base / r["seconds_per_step"]
     return out
 
 
@@ -104,8 +183,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", nargs="+", default=["tiny", "base"])
     p.add_argument("--batch", type=int, nargs="+", default=[2, 8])
-    p.add_argument("--steps", type=int, default=3, help="timed steps per schedule (median reported)")
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--steps", type=int, default=7, help="timed rounds, one step of each schedule per round "
+                   "(median reported)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
     p.add_argument("--frames", type=int, default=1024)
     p.add_argument("--mask-patch", type=int, default=400)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -113,8 +193,20 @@ def main() -> None:
     p.add_argument("--grad-checkpointing", action=argparse.BooleanOptionalAction, default=False)
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                    help="also time the single-pass steps with compiled blocks")
+    p.add_argument("--official", metavar="DIR",
+                   help="also time the 2021 code's two-pass step from this checkout of github.com/YuanGongND/ssast")
+    p.add_argument("--official-timm", metavar="DIR", default=None,
+                   help=f"timm 0.4.5 for the 2021 code (default: {TIMM_REFERENCE.relative_to(TIMM_REFERENCE.parents[1])}"
+                        " from scripts/install_reference.sh; '' for the environment's timm)")
     p.add_argument("--json", help="also write the figures to this file")
     args = p.parse_args()
+    official = None
+    if args.official:
+        timm_dir = str(TIMM_REFERENCE) if args.official_timm is None else args.official_timm
+        if timm_dir and not Path(timm_dir, "timm").is_dir():
+            p.error(f"--official-timm {timm_dir}: no timm package there; the 2021 code needs timm 0.4.5 "
+                    "(bash scripts/install_reference.sh installs it in .reference/timm045)")
+        official = {"src": args.official, "timm": timm_dir, "threads": args.threads}
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -123,6 +215,8 @@ def main() -> None:
         "threads": torch.get_num_threads(), "torch": torch.__version__, "batch": args.batch,
         "frames": args.frames, "mask_patch": args.mask_patch, "grad_checkpointing": args.grad_checkpointing,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "load_average_before": os.getloadavg(),
+        "timing": f"schedules take turns, one step each per round; {args.warmup} untimed rounds, median of "
+                  f"{args.steps}", "official": args.official,
     }
     print(f"pretraining step, batch {' and '.join(map(str, args.batch))}, {args.frames} frames x 128 bins, 16x16 "
           f"patches, {args.mask_patch} masked; {args.device}, {info['threads']} threads (OMP_WAIT_POLICY "
@@ -133,13 +227,16 @@ def main() -> None:
         for batch in args.batch:
             results[f"{size} batch {batch}"] = bench(size, batch, args.steps, args.warmup, args.device,
                                                      args.mask_patch, args.frames, args.grad_checkpointing,
-                                                     args.compile)
+                                                     args.compile, official)
     info["load_average_after"] = os.getloadavg()
-    modes = MODES + (COMPILED if args.compile else ())
-    print("\nspeed-up over the two-pass fp32 step:")
-    print(f"  {'':13s} " + " ".join(f"{m:>26s}" for m in modes))
-    for name, r in results.items():
-        print(f"  {name:13s} " + " ".join(f"{r[m]['speedup_vs_two_pass_fp32']:25.2f}x" for m in modes))
+    modes = MODES + (COMPILED if args.compile else ()) + ((OFFICIAL,) if official else ())
+    for ref, field in ((MODES[0], "speedup_vs_two_pass_fp32"), (OFFICIAL, "speedup_vs_2021_code")):
+        if ref not in modes:
+            continue
+        print(f"\nspeed-up over the {ref} step:")
+        print(f"  {'':13s} " + " ".join(f"{m:>26s}" for m in modes))
+        for name, r in results.items():
+            print(f"  {name:13s} " + " ".join(f"{r[m][field]:25.2f}x" for m in modes))
     print(f"load average after: {' '.join(f'{v:.2f}' for v in info['load_average_after'])}")
     if args.json:
         with open(args.json, "w") as f:

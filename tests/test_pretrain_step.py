@@ -1,0 +1,83 @@
+"""benchmarks/pretrain_step.py: the schedules in turns, and the 2021 code's step in a worker process.
+
+The 2021 code itself is not in this repository; a stand-in ``src/models/ast_models.py`` with its
+interface (constructor arguments, ``forward(x, task, mask_patch=, cluster=)``, what each task
+returns) checks the worker's protocol, its optimizer step and the figures derived from it.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "pretrain_step.py"
+
+STAND_IN = textwrap.dedent('''
+    import time
+    import torch
+    import torch.nn as nn
+
+    STEPS = []
+
+
+    class ASTModel(nn.Module):
+        def __init__(self, label_dim=527, fshape=128, tshape=2, fstride=128, tstride=2, input_fdim=128,
+                     input_tdim=1024, model_size="base", pretrain_stage=True, load_pretrained_mdl_path=None):
+            super().__init__()
+            assert pretrain_stage and model_size == "tiny" and (fshape, tshape) == (16, 16)
+            print("pretraining patch split stride: frequency=16, time=16")  # the worker must swallow this
+            self.proj = nn.Linear(input_fdim, 4)
+
+        def forward(self, x, task, cluster=True, mask_patch=400):
+            assert cluster and mask_patch == 8
+            time.sleep(0.05)  # a step that takes at least 0.1 s
+            h = self.proj(x)
+            if task == "pretrain_mpc":
+                return torch.tensor(0.5), h.pow(2).mean()
+            assert task == "pretrain_mpg"
+            return h.abs().mean()
+''')
+
+
+def run(*args, check=True):
+    p = subprocess.run([sys.executable, str(SCRIPT), "--sizes", "tiny", "--batch", "1", "--frames", "64",
+                        "--mask-patch", "8", "--threads", "1", *args], capture_output=True, text=True, timeout=300)
+    if check:
+        assert p.returncode == 0, p.stdout + p.stderr
+    return p
+
+
+def test_the_2021_code_is_timed_beside_the_schedules(tmp_path):
+    src = tmp_path / "ssast2021"
+    (src / "src" / "models").mkdir(parents=True)
+    (src / "src" / "models" / "ast_models.py").write_text(STAND_IN)
+    out = tmp_path / "steps.json"
+    p = run("--steps", "3", "--warmup", "1", "--official", str(src), "--official-timm", "", "--json", str(out))
+    res = json.loads(out.read_text())
+    assert res["info"]["official"] == str(src) and "take turns" in res["info"]["timing"]
+    r = res["results"]["tiny batch 1"]
+    assert set(r) == {"two-pass fp32", "single-pass fp32", "single-pass bf16", "2021 code two-pass fp32"}
+    official = r["2021 code two-pass fp32"]
+    assert official["timm"]  # the worker reports the timm it imported
+    assert official["min_seconds"] >= 0.1  # its two forward calls' sleeps are inside the timed step
+    for mode in r.values():
+        assert mode["min_seconds"] <= mode["seconds_per_step"] <= mode["max_seconds"]
+        assert abs(mode["speedup_vs_2021_code"] - official["seconds_per_step"] / mode["seconds_per_step"]) < 1e-9
+        two = r["two-pass fp32"]["seconds_per_step"]
+        assert abs(mode["speedup_vs_two_pass_fp32"] - two / mode["seconds_per_step"]) < 1e-9
+    assert "speed-up over the 2021 code two-pass fp32 step" in p.stdout
+    assert "pretraining patch split" not in p.stdout
+
+
+def test_a_folder_without_the_2021_code_is_named(tmp_path):
+    p = run("--steps", "1", "--warmup", "0", "--official", str(tmp_path), "--official-timm", "", check=False)
+    assert p.returncode != 0
+    assert str(tmp_path / "src" / "models" / "ast_models.py") in p.stderr
+
+
+def test_a_missing_timm_is_explained(tmp_path):
+    p = run("--official", str(tmp_path), "--official-timm", str(tmp_path / "nowhere"), check=False)
+    assert p.returncode == 2 and "timm 0.4.5" in p.stderr and "install_reference.sh" in p.stderr
