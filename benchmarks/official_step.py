@@ -6,8 +6,9 @@ newer timm. It builds that code's ``ASTModel`` at the requested size and its opt
 (``torch.optim.Adam``, weight decay 5e-7, betas (0.95, 0.999), as its ``traintest_mask.py``
 sets them), prints ``ready``, then for every ``step`` line read from stdin runs one joint step
 as ``traintest_mask.py`` does (``pretrain_mpc``, then ``pretrain_mpg`` with another mask, loss
-``nce + 10 * mse``, backward, Adam step) and prints the step's seconds. ``quit`` or the end of
-stdin stops it.
+``nce + 10 * mse``, backward, Adam step) and prints the step's seconds; for a ``profile`` line it
+runs one under the profiler and prints its parts (``benchmarks/step_profile.py``) as JSON.
+``quit`` or the end of stdin stops it.
 
     python benchmarks/official_step.py --src ~/src/ssast --size tiny --batch 2
 """
@@ -16,10 +17,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import random
 import sys
 import time
 from pathlib import Path
+
+from step_profile import profile_step  # benchmarks/step_profile.py, beside this script
 
 
 def main() -> None:
@@ -55,11 +59,7 @@ def main() -> None:
     x = torch.randn(args.batch, args.frames, 128, generator=torch.Generator().manual_seed(1))
     import timm
 
-    print(f"ready timm {timm.__version__}", flush=True)
-    for line in sys.stdin:
-        if line.strip() != "step":
-            break
-        t0 = time.perf_counter()
+    def step() -> None:
         _, nce = model(x, "pretrain_mpc", mask_patch=args.mask_patch, cluster=True)
         mse = model(x, "pretrain_mpg", mask_patch=args.mask_patch, cluster=True)
         loss = nce + 10 * mse
@@ -67,7 +67,18 @@ def main() -> None:
         loss.backward()
         opt.step()
         loss.item()
-        print(f"{time.perf_counter() - t0:.6f}", flush=True)
+
+    print(f"ready timm {timm.__version__}", flush=True)
+    for line in sys.stdin:
+        command = line.strip()
+        if command == "step":
+            t0 = time.perf_counter()
+            step()
+            print(f"{time.perf_counter() - t0:.6f}", flush=True)
+        elif command == "profile":  # one step split by benchmarks/step_profile.py, as one JSON line
+            print(json.dumps(profile_step(step)), flush=True)
+        else:
+            break
 
 
 if __name__ == "__main__":

@@ -15,12 +15,18 @@ per clip, loss ``nce + 10 * mse``. Schedules compared side by side in one run:
   timm 0.4.5 on its path (``--official-timm``; ``scripts/install_reference.sh`` puts it in
   ``.reference/timm045``), since this package needs a newer timm.
 
+``--breakdown`` then profiles a few more rounds (3 by default) and splits each schedule's step into
+the linear layers' matrix products, attention and the rest (``benchmarks/step_profile.py``; the
+median of each part), with each part's speed-up over the 2021 code's (or, without ``--official``,
+over the two-pass step's).
+
 The schedules take turns, one step each per round, so that a machine that slows down or speeds
 up during the run (shared cores, frequency changes) moves every schedule's figures alike; the
 median of the timed rounds is reported.
 
     python benchmarks/pretrain_step.py                      # tiny and base, batch 2 and 8
     python benchmarks/pretrain_step.py --sizes tiny --official ~/src/ssast --json out.json
+    python benchmarks/pretrain_step.py --sizes tiny --official ~/src/ssast --breakdown
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -43,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 
 from ssast import ASTModel  # noqa: E402
 from ssast.device import compile_encoder  # noqa: E402
+from step_profile import PARTS, profile_step  # noqa: E402  (benchmarks/step_profile.py, beside this script)
 
 MODES = ("two-pass fp32", "single-pass fp32", "single-pass bf16")
 COMPILED = ("single-pass fp32 compiled", "single-pass bf16 compiled")
@@ -88,14 +96,21 @@ class OfficialStep:
                "--batch", str(batch), "--frames", str(frames), "--mask-patch", str(mask_patch)]
         if threads:
             cmd += ["--threads", str(threads)]
+        # The worker's stderr goes to a file, read when it fails: a pipe nobody reads while the
+        # steps run would block a worker that warns at length.
+        self.stderr = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
+                                     stderr=self.stderr, text=True)
         ready = self.proc.stdout.readline()
         if not ready.startswith("ready"):
             self.close()
             raise RuntimeError(f"the 2021 code's worker did not start (--official {src}, timm from "
-                               f"{timm_dir or 'the environment'}):\n{self.proc.stderr.read().strip()}")
+                               f"{timm_dir or 'the environment'}):\n{self.errors()}")
         self.timm = ready.split()[-1]
+
+    def errors(self) -> str:
+        self.stderr.seek(0)
+        return self.stderr.read().strip()
 
     def __call__(self) -> float:
         self.proc.stdin.write("step\n")
@@ -105,7 +120,18 @@ class OfficialStep:
             return float(line)
         except ValueError:
             self.close()
-            raise RuntimeError(f"the 2021 code's step failed:\n{self.proc.stderr.read().strip()}") from None
+            raise RuntimeError(f"the 2021 code's step failed:\n{self.errors()}") from None
+
+    def profile(self) -> dict:
+        """One step there under the profiler: its parts (benchmarks/step_profile.py)."""
+        self.proc.stdin.write("profile\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        try:
+            return json.loads(line)
+        except ValueError:
+            self.close()
+            raise RuntimeError(f"the 2021 code's profiled step failed:\n{self.errors()}") from None
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -116,10 +142,11 @@ class OfficialStep:
                 self.proc.wait(timeout=30)
             except Exception:
                 self.proc.kill()
+                self.proc.wait()
 
 
 def bench(size: str, batch: int, steps: int, warmup: int, device: str, mask_patch: int, frames: int,
-          grad_ckpt: bool, compiled: bool, official: dict | None = None) -> dict:
+          grad_ckpt: bool, compiled: bool, official: dict | None = None, breakdown: int = 0) -> dict:
     """Median seconds per step of every schedule, the schedules taking turns step by step."""
     x = torch.randn(batch, frames, 128, device=device, generator=torch.Generator(device).manual_seed(1))
     models, schedules, warm = {}, {}, {}
@@ -157,6 +184,12 @@ def bench(size: str, batch: int, steps: int, warmup: int, device: str, mask_patc
                     t = time.perf_counter() - t0
                 if r >= warmup:
                     times[mode].append(t)
+        profiled = {mode: [] for mode in schedules} if breakdown else {}
+        for _ in range(breakdown):  # profiled steps, in turns as well
+            for mode, step in schedules.items():
+                profiled[mode].append(step.profile() if isinstance(step, OfficialStep) else profile_step(step))
+        # each part's median over the profiled steps
+        parts = {mode: {k: statistics.median(p[k] for p in ps) for k in ps[0]} for mode, ps in profiled.items()}
     finally:
         if worker is not None:
             worker.close()
@@ -176,6 +209,17 @@ def bench(size: str, batch: int, steps: int, warmup: int, device: str, mask_patc
             base = out[ref]["seconds_per_step"]
             for r in out.values():
                 r[field] = base / r["seconds_per_step"]
+    if parts:
+        ref = OFFICIAL if OFFICIAL in parts else MODES[0]
+        print(f"  profiled steps, median of {breakdown} each (linear layers' products + attention + the rest; "
+              f"each part's speed-up over the {ref} step's):")
+        for mode, pr in parts.items():
+            ratio = {k: parts[ref][k] / pr[k] if pr[k] > 0 else None for k in PARTS}  # None: no such part
+            pr["speedup_vs_" + ("2021_code" if ref == OFFICIAL else "two_pass_fp32")] = ratio
+            out[mode]["breakdown"] = pr
+            print(f"  {size:5s} batch {batch:2d}  {mode:26s} {pr['seconds']:7.3f} s = "
+                  + " + ".join(f"{pr[k]:.3f} ({100 * pr[k] / pr['seconds']:.0f}%)" for k in PARTS)
+                  + "   " + " ".join("-" if ratio[k] is None else f"{ratio[k]:.2f}x" for k in PARTS), flush=True)
     return out
 
 
@@ -198,6 +242,10 @@ def main() -> None:
     p.add_argument("--official-timm", metavar="DIR", default=None,
                    help=f"timm 0.4.5 for the 2021 code (default: {TIMM_REFERENCE.relative_to(TIMM_REFERENCE.parents[1])}"
                         " from scripts/install_reference.sh; '' for the environment's timm)")
+    p.add_argument("--breakdown", type=int, nargs="?", const=3, default=0, metavar="N",
+                   help="then profile N more rounds (3 if N is not given): each schedule's seconds in the linear "
+                        "layers' products, in attention and in the rest, median per part (CPU; "
+                        "benchmarks/step_profile.py)")
     p.add_argument("--json", help="also write the figures to this file")
     args = p.parse_args()
     official = None
@@ -207,6 +255,8 @@ def main() -> None:
             p.error(f"--official-timm {timm_dir}: no timm package there; the 2021 code needs timm 0.4.5 "
                     "(bash scripts/install_reference.sh installs it in .reference/timm045)")
         official = {"src": args.official, "timm": timm_dir, "threads": args.threads}
+    if args.breakdown and args.device != "cpu":
+        p.error("--breakdown splits a step by its CPU kernels; run it with --device cpu")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -227,7 +277,7 @@ def main() -> None:
         for batch in args.batch:
             results[f"{size} batch {batch}"] = bench(size, batch, args.steps, args.warmup, args.device,
                                                      args.mask_patch, args.frames, args.grad_checkpointing,
-                                                     args.compile, official)
+                                                     args.compile, official, args.breakdown)
     info["load_average_after"] = os.getloadavg()
     modes = MODES + (COMPILED if args.compile else ()) + ((OFFICIAL,) if official else ())
     for ref, field in ((MODES[0], "speedup_vs_two_pass_fp32"), (OFFICIAL, "speedup_vs_2021_code")):

@@ -16,11 +16,13 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "pretrain_step.py"
 
 STAND_IN = textwrap.dedent('''
+    import sys
     import time
     import torch
     import torch.nn as nn
 
     STEPS = []
+    FAIL = False
 
 
     class ASTModel(nn.Module):
@@ -33,6 +35,10 @@ STAND_IN = textwrap.dedent('''
 
         def forward(self, x, task, cluster=True, mask_patch=400):
             assert cluster and mask_patch == 8
+            # More than a pipe holds (64 KiB) on stderr in every call: the benchmark must not block it.
+            print("a warning " * 10000, file=sys.stderr, flush=True)
+            if FAIL:
+                raise RuntimeError("the stand-in's step failed on purpose")
             time.sleep(0.05)  # a step that takes at least 0.1 s
             h = self.proj(x)
             if task == "pretrain_mpc":
@@ -70,6 +76,45 @@ def test_the_2021_code_is_timed_beside_the_schedules(tmp_path):
         assert abs(mode["speedup_vs_two_pass_fp32"] - two / mode["seconds_per_step"]) < 1e-9
     assert "speed-up over the 2021 code two-pass fp32 step" in p.stdout
     assert "pretraining patch split" not in p.stdout
+
+
+def test_breakdown_splits_every_schedule_by_the_same_rule(tmp_path):
+    src = tmp_path / "ssast2021"
+    (src / "src" / "models").mkdir(parents=True)
+    (src / "src" / "models" / "ast_models.py").write_text(STAND_IN)
+    out = tmp_path / "steps.json"
+    p = run("--steps", "1", "--warmup", "0", "--breakdown", "1", "--official", str(src), "--official-timm", "",
+            "--json", str(out))
+    r = json.loads(out.read_text())["results"]["tiny batch 1"]
+    for mode, res in r.items():
+        b = res["breakdown"]
+        # one profiled step (medians of one): the parts add up to it
+        assert abs(b["linear"] + b["attention"] + b["rest"] - b["seconds"]) < 1e-6, mode
+        ratio = b["speedup_vs_2021_code"]
+        official = r["2021 code two-pass fp32"]["breakdown"]
+        for part in ("linear", "attention", "rest"):
+            assert b[part] >= 0
+            if b[part] == 0:
+                assert ratio[part] is None
+            else:
+                assert abs(ratio[part] * b[part] - official[part]) < 1e-6 * max(1, official[part])
+    # Our model's steps have linear layers and attention; the stand-in has one linear layer, and its
+    # sleeps (0.1 s a step) are neither.
+    for mode in ("two-pass fp32", "single-pass fp32", "single-pass bf16"):
+        assert r[mode]["breakdown"]["linear"] > 0 and r[mode]["breakdown"]["attention"] > 0
+    official = r["2021 code two-pass fp32"]["breakdown"]
+    assert official["linear"] > 0 and official["attention"] == 0 and official["rest"] >= 0.1
+    assert "profiled steps, median of 1 each" in p.stdout
+
+
+def test_a_failing_step_shows_the_workers_errors(tmp_path):
+    models = tmp_path / "ssast2021" / "src" / "models"
+    models.mkdir(parents=True)
+    (models / "ast_models.py").write_text(STAND_IN.replace("FAIL = False", "FAIL = True"))
+    p = run("--steps", "1", "--warmup", "0", "--official", str(tmp_path / "ssast2021"), "--official-timm", "",
+            check=False)
+    assert p.returncode != 0
+    assert "the 2021 code's step failed" in p.stderr and "the stand-in's step failed on purpose" in p.stderr
 
 
 def test_a_folder_without_the_2021_code_is_named(tmp_path):
