@@ -112,26 +112,23 @@ class OfficialStep:
         self.stderr.seek(0)
         return self.stderr.read().strip()
 
-    def __call__(self) -> float:
-        self.proc.stdin.write("step\n")
+    def _ask(self, command: str, parse, what: str):
+        """Send one command line; parse the worker's answer line, or stop it and show its errors."""
+        self.proc.stdin.write(command + "\n")
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
         try:
-            return float(line)
+            return parse(line)
         except ValueError:
             self.close()
-            raise RuntimeError(f"the 2021 code's step failed:\n{self.errors()}") from None
+            raise RuntimeError(f"the 2021 code's {what} failed:\n{self.errors()}") from None
+
+    def __call__(self) -> float:
+        return self._ask("step", float, "step")
 
     def profile(self) -> dict:
         """One step there under the profiler: its parts (benchmarks/step_profile.py)."""
-        self.proc.stdin.write("profile\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        try:
-            return json.loads(line)
-        except ValueError:
-            self.close()
-            raise RuntimeError(f"the 2021 code's profiled step failed:\n{self.errors()}") from None
+        return self._ask("profile", json.loads, "profiled step")
 
     def close(self) -> None:
         if self.proc.poll() is None:
