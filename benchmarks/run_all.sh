@@ -11,7 +11,8 @@ run() {  # name, then the command's arguments
   echo "== $name: $*"
   "$PY" "$@" 2>&1 | grep -v -e "real_accelerator" -e "Loading weights" -e "Writing model" | tee "$OUT/$name.txt"
 }
-run pretrain_step benchmarks/pretrain_step.py --json "$OUT/pretrain_step.json"
+run pretrain_step benchmarks/pretrain_step.py --ranks 2 --json "$OUT/pretrain_step.json"
+run gemm_rate benchmarks/gemm_rate.py
 run pretrain_memory benchmarks/pretrain_memory.py --sizes tiny base --batch 2 --steps 2 --json "$OUT/pretrain_memory.json"
 run features benchmarks/features.py --json "$OUT/features.json"
 run data_loading benchmarks/data_loading.py --clips 200 --num-workers 1 --batch 16 --json "$OUT/data_loading.json"

@@ -126,3 +126,80 @@ def test_a_folder_without_the_2021_code_is_named(tmp_path):
 def test_a_missing_timm_is_explained(tmp_path):
     p = run("--official", str(tmp_path), "--official-timm", str(tmp_path / "nowhere"), check=False)
     assert p.returncode == 2 and "timm 0.4.5" in p.stderr and "install_reference.sh" in p.stderr
+
+
+RANK = textwrap.dedent('''
+    import sys
+    import torch
+    import torch.distributed as dist
+    sys.path.insert(0, sys.argv[4])
+    import ranked_step
+
+    rank, world, port, _, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    masks = torch.load(out + ".masks")
+    steps, model = ranked_step.build_steps("tiny", 4, 64, 8, rank, world, masks)
+    steps["single-pass fp32"]()
+    if rank == 0:
+        torch.save({n: p.grad for n, p in model.named_parameters()}, out)
+    dist.destroy_process_group()
+''')
+
+
+def test_ranks_share_one_batch_step(tmp_path, monkeypatch):
+    """Two ranks, each with half the clips, reach the gradients of the whole batch's step."""
+    import torch
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import pretrain_step
+    from ssast.engine.distributed import _free_port
+
+    # the whole batch's step in this process, with masks fixed for the comparison
+    model, opt = pretrain_step.build_model("tiny", 64, "cpu")
+    masks = model.make_mask(4, 8, generator=torch.Generator().manual_seed(3))
+    x = pretrain_step.example_batch(4, 64, "cpu")
+    pretrain_step.make_step(model, opt, x, "single-pass fp32", 8, None, masks)()
+    want = {n: p.grad for n, p in model.named_parameters()}
+    assert all(g is not None for g in want.values())
+
+    out = tmp_path / "grads.pt"
+    torch.save(masks, str(out) + ".masks")
+    script = tmp_path / "rank.py"
+    script.write_text(RANK)
+    port = str(_free_port())
+    procs = [subprocess.Popen([sys.executable, str(script), str(r), "2", port, str(REPO / "benchmarks"), str(out)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]
+    logs = [p.communicate(timeout=240)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(logs)
+    got = torch.load(out)
+    assert set(got) == set(want)
+    for name, g in want.items():
+        torch.testing.assert_close(got[name], g, rtol=1e-4, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+    # and the halves alone do not: one rank's own gradient differs from the whole batch's
+    half, opt = pretrain_step.build_model("tiny", 64, "cpu")  # the same initial weights
+    pretrain_step.make_step(half, opt, x[:2], "single-pass fp32", 8, None, masks[:2])()
+    assert not torch.allclose(half.v.blocks[0].attn.qkv.weight.grad, want["v.blocks.0.attn.qkv.weight"],
+                              rtol=1e-4, atol=1e-6)
+
+
+def test_ranked_schedules_are_timed_beside_the_others(tmp_path):
+    out = tmp_path / "steps.json"
+    p = subprocess.run([sys.executable, str(SCRIPT), "--sizes", "tiny", "--batch", "2", "--frames", "64",
+                        "--mask-patch", "8", "--threads", "2", "--steps", "2", "--warmup", "1", "--ranks", "2",
+                        "--breakdown", "1", "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    res = json.loads(out.read_text())
+    assert res["info"]["ranks"] == {"processes": 2, "threads_per_rank": 1, "backend": "gloo"}
+    r = res["results"]["tiny batch 2"]
+    for mode in ("single-pass fp32 2 ranks", "single-pass bf16 2 ranks"):
+        assert 0 < r[mode]["min_seconds"] <= r[mode]["seconds_per_step"] <= r[mode]["max_seconds"]
+        b = r[mode]["breakdown"]
+        assert b["linear"] > 0 and b["attention"] > 0
+        assert abs(b["linear"] + b["attention"] + b["rest"] - b["seconds"]) < 1e-6
+    assert "single-pass bf16 2 ranks" in p.stdout
+
+
+def test_ranks_must_split_the_batch():
+    p = run("--ranks", "2", check=False)  # batch 1
+    assert p.returncode == 2 and "--ranks 2 does not split batch 1" in p.stderr
